@@ -1,0 +1,1 @@
+/* cobra.c: being written */

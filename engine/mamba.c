@@ -1,0 +1,1 @@
+/* mamba.c: being written */

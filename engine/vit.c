@@ -1,0 +1,1 @@
+/* vit.c: being written */

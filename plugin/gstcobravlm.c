@@ -1,0 +1,1 @@
+/* gstcobravlm.c: being written */

@@ -1,0 +1,20 @@
+/* support.h - what every test needs: fixture paths, .npy fixtures, relative-error checks. */
+#ifndef COBRA_TEST_SUPPORT_H
+#define COBRA_TEST_SUPPORT_H
+
+#include <glib.h>
+
+#include "npy.h"
+
+/* $COBRA_TEST_DATA/rel (tests/data, the reference fixtures); g_free the result. */
+char *test_data_path(const char *rel);
+/* $COBRA_TEST_MODELS/tiny-<outtype>.gguf, converted from tests/data/tiny at build time. */
+char *test_model_path(const char *outtype);
+/* Load tests/data/<rel> (e.g. "tiny/golden/projected.npy"), failing the test if it is missing. */
+void test_load_npy(const char *rel, Npy *out);
+/* max |got - ref| / max |ref| */
+double rel_error(const float *got, const float *ref, size_t n);
+/* Fail the test, naming `what` and both errors, when rel_error(got, ref) > tol. */
+void assert_rel_error(const char *what, const float *got, const float *ref, size_t n, double tol);
+
+#endif

@@ -1,0 +1,1 @@
+raise SystemExit("test_convert.py: being written")
