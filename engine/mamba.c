@@ -1,1 +1,310 @@
-/* mamba.c: being written */
+/* mamba.c - the Mamba-1 language model (docs/cobra-spec.md section 5).
+ *
+ * Prefill runs chunk by chunk, and within a chunk layer by layer: every projection is one GEMM
+ * over the chunk, the causal conv and the selective scan walk time per channel from the state the
+ * previous chunk left. The recurrent step is the same code with a chunk of one token, where
+ * matmul() takes its matrix-vector path. Nothing grows with the number of positions.
+ */
+#include "mamba.h"
+
+#include <string.h>
+
+#include "cobra.h"
+
+/* ---- loading ---- */
+
+static gboolean get_dim(const GgufFile *f, const char *key, uint64_t max, int *out, GError **error)
+{
+    uint64_t v;
+    if (!gguf_get_uint(f, key, max, &v, error))
+        return FALSE;
+    if (v == 0) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: key %s must be > 0",
+                    gguf_path(f), key);
+        return FALSE;
+    }
+    *out = (int)v;
+    return TRUE;
+}
+
+/* An F32 tensor of shape ne (ggml order). */
+static const float *require_f32(const GgufFile *f, const char *name, int n_dims, int64_t ne0,
+                                int64_t ne1, GError **error)
+{
+    const int64_t ne[2] = {ne0, ne1};
+    const GgufTensor *t = gguf_require_tensor(f, name, n_dims, ne, GGUF_TYPES_F32, error);
+    return t ? t->data : NULL;
+}
+
+/* A matrix W[rows][cols] (ggml ne = [cols, rows]) in any matrix type. */
+static gboolean require_mat(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
+                            Mat *out, GError **error)
+{
+    const int64_t ne[2] = {cols, rows};
+    const GgufTensor *t = gguf_require_tensor(f, name, 2, ne, GGUF_TYPES_MATRIX, error);
+    if (!t)
+        return FALSE;
+    *out = mat_from_tensor(t);
+    return TRUE;
+}
+
+static gboolean load_layer(MambaLayer *l, const Mamba *m, int i, const GgufFile *f,
+                           GError **error)
+{
+    const int d = m->d_model, di = m->d_inner, ds = m->d_state, dc = m->d_conv, r = m->dt_rank;
+    char name[96];
+#define NAME(suffix) (g_snprintf(name, sizeof name, "blk.%d." suffix, i), name)
+    return (l->norm = require_f32(f, NAME("attn_norm.weight"), 1, d, 1, error)) &&
+           require_mat(f, NAME("ssm_in.weight"), 2 * (int64_t)di, d, &l->in_proj, error) &&
+           (l->conv_w = require_f32(f, NAME("ssm_conv1d.weight"), 2, dc, di, error)) &&
+           (l->conv_b = require_f32(f, NAME("ssm_conv1d.bias"), 1, di, 1, error)) &&
+           require_mat(f, NAME("ssm_x.weight"), r + 2 * (int64_t)ds, di, &l->x_proj, error) &&
+           require_mat(f, NAME("ssm_dt.weight"), di, r, &l->dt_proj, error) &&
+           (l->dt_b = require_f32(f, NAME("ssm_dt.bias"), 1, di, 1, error)) &&
+           (l->A = require_f32(f, NAME("ssm_a"), 2, ds, di, error)) &&
+           (l->D = require_f32(f, NAME("ssm_d"), 1, di, 1, error)) &&
+           require_mat(f, NAME("ssm_out.weight"), d, di, &l->out_proj, error);
+#undef NAME
+}
+
+gboolean mamba_load(Mamba *m, const GgufFile *f, GError **error)
+{
+    memset(m, 0, sizeof *m);
+    /* Bounds keep every product of dims (state, activations) far from overflow. */
+    const uint64_t max_dim = 1u << 20;
+    double eps;
+    if (!get_dim(f, "mamba.embedding_length", max_dim, &m->d_model, error) ||
+        !get_dim(f, "mamba.block_count", 4096, &m->n_layer, error) ||
+        !get_dim(f, "mamba.ssm.inner_size", max_dim, &m->d_inner, error) ||
+        !get_dim(f, "mamba.ssm.state_size", 4096, &m->d_state, error) ||
+        !get_dim(f, "mamba.ssm.conv_kernel", 4096, &m->d_conv, error) ||
+        !get_dim(f, "mamba.ssm.time_step_rank", max_dim, &m->dt_rank, error) ||
+        !get_dim(f, "mamba.vocab_size", 1u << 24, &m->n_vocab, error) ||
+        !gguf_get_float(f, "mamba.attention.layer_norm_rms_epsilon", &eps, error))
+        return FALSE;
+    if (!(eps > 0 && eps < 1)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: key mamba.attention.layer_norm_rms_epsilon = %g is not in (0, 1)",
+                    gguf_path(f), eps);
+        return FALSE;
+    }
+    m->eps = (float)eps;
+
+    const char *head = gguf_find_tensor(f, "output.weight") ? "output.weight" : "token_embd.weight";
+    if (!require_mat(f, "token_embd.weight", m->n_vocab, m->d_model, &m->embed, error) ||
+        !require_mat(f, head, m->n_vocab, m->d_model, &m->lm_head, error) ||
+        !(m->norm_f = require_f32(f, "output_norm.weight", 1, m->d_model, 1, error)))
+        return FALSE;
+
+    m->layers = g_new0(MambaLayer, m->n_layer);
+    for (int i = 0; i < m->n_layer; i++) {
+        if (!load_layer(&m->layers[i], m, i, f, error)) {
+            mamba_free(m);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+void mamba_free(Mamba *m)
+{
+    g_free(m->layers);
+    m->layers = NULL;
+}
+
+int mamba_max_cols(const Mamba *m)
+{
+    return MAX(m->d_model, MAX(m->d_inner, m->dt_rank));
+}
+
+/* ---- state ---- */
+
+static size_t conv_floats(const Mamba *m)
+{
+    return (size_t)m->n_layer * m->d_inner * m->d_conv;
+}
+
+static size_t ssm_floats(const Mamba *m)
+{
+    return (size_t)m->n_layer * m->d_inner * m->d_state;
+}
+
+void mamba_state_init(MambaState *s, const Mamba *m)
+{
+    s->conv = g_new0(float, conv_floats(m));
+    s->ssm = g_new0(float, ssm_floats(m));
+}
+
+void mamba_state_reset(MambaState *s, const Mamba *m)
+{
+    memset(s->conv, 0, conv_floats(m) * sizeof(float));
+    memset(s->ssm, 0, ssm_floats(m) * sizeof(float));
+}
+
+void mamba_state_copy(MambaState *dst, const MambaState *src, const Mamba *m)
+{
+    memcpy(dst->conv, src->conv, conv_floats(m) * sizeof(float));
+    memcpy(dst->ssm, src->ssm, ssm_floats(m) * sizeof(float));
+}
+
+void mamba_state_free(MambaState *s)
+{
+    g_free(s->conv);
+    g_free(s->ssm);
+    s->conv = s->ssm = NULL;
+}
+
+/* ---- activations ---- */
+
+struct MambaBuffers {
+    int max_chunk;
+    float *res;   /* [chunk][d]   residual stream */
+    float *xn;    /* [chunk][d]   normed input of a layer, then its output */
+    float *xz;    /* [chunk][2di] in_proj: x then z */
+    float *xc;    /* [chunk][di]  SiLU(conv(x)) */
+    float *dbc;   /* [chunk][r+2ds] x_proj: dt_low, B, C */
+    float *dtl;   /* [chunk][r]   dt_low, contiguous for the dt_proj GEMM */
+    float *dt;    /* [chunk][di]  softplus(dt_proj) */
+    float *y;     /* [chunk][di]  scan output, gated */
+};
+
+MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
+{
+    const size_t n = MAX(max_chunk, 1);
+    const size_t d = m->d_model, di = m->d_inner, r = m->dt_rank, ds = m->d_state;
+    MambaBuffers *b = g_new0(MambaBuffers, 1);
+    b->max_chunk = (int)n;
+    b->res = g_new(float, n * d);
+    b->xn = g_new(float, n * d);
+    b->xz = g_new(float, n * 2 * di);
+    b->xc = g_new(float, n * di);
+    b->dbc = g_new(float, n * (r + 2 * ds));
+    b->dtl = g_new(float, n * r);
+    b->dt = g_new(float, n * di);
+    b->y = g_new(float, n * di);
+    return b;
+}
+
+void mamba_buffers_free(MambaBuffers *b)
+{
+    if (!b)
+        return;
+    g_free(b->res);
+    g_free(b->xn);
+    g_free(b->xz);
+    g_free(b->xc);
+    g_free(b->dbc);
+    g_free(b->dtl);
+    g_free(b->dt);
+    g_free(b->y);
+    g_free(b);
+}
+
+/* ---- forward ---- */
+
+void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
+{
+    for (int i = 0; i < n; i++)
+        mat_get_row(&m->embed, ids[i], out + (size_t)i * m->d_model);
+}
+
+/* xc[t][c] = SiLU(b[c] + Σ_k w[c][k] · x[t-dc+1+k][c]) over the sequence [conv ; x]; then conv
+ * keeps the last dc inputs of that sequence, newest last. x has row stride ldx. */
+static void conv1d_silu(float *xc, float *conv, const float *x, size_t ldx, int n, int di, int dc,
+                        const float *w, const float *b)
+{
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < di; c++) {
+        float *st = conv + (size_t)c * dc;
+        const float *wc = w + (size_t)c * dc;
+        for (int t = 0; t < n; t++) {
+            float acc = b[c];
+            for (int k = 0; k < dc; k++) {
+                const int tau = t - dc + 1 + k; /* < 0: from the state */
+                acc += wc[k] * (tau < 0 ? st[dc + tau] : x[(size_t)tau * ldx + c]);
+            }
+            xc[(size_t)t * di + c] = acc / (1.0f + expf(-acc));
+        }
+        /* Ascending k reads st[n + k] before it is overwritten. */
+        for (int k = 0; k < dc; k++) {
+            const int tau = n - dc + k;
+            st[k] = tau < 0 ? st[dc + tau] : x[(size_t)tau * ldx + c];
+        }
+    }
+}
+
+/* The selective scan, per channel c from state h[c][ds], for t in 0..n-1:
+ *   h[n] = exp(dt·A[c][n]) h[n] + dt·B[t][n]·x,  y = Σ_n h[n] C[t][n] + D[c] x,  y *= SiLU(z).
+ * Channels are independent; the d_state loop is the vector loop. */
+static void selective_scan(float *y, float *h, const float *x, const float *dt, const float *z,
+                           size_t ldz, const float *bc, size_t ldbc, const float *A,
+                           const float *D, int n, int di, int ds)
+{
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < di; c++) {
+        float *hc = h + (size_t)c * ds;
+        const float *Ac = A + (size_t)c * ds;
+        for (int t = 0; t < n; t++) {
+            const float *B = bc + (size_t)t * ldbc, *C = B + ds;
+            const float xt = x[(size_t)t * di + c], dtt = dt[(size_t)t * di + c];
+            const float dtx = dtt * xt;
+            float acc = 0;
+            for (int k = 0; k < ds; k++) {
+                hc[k] = expf(dtt * Ac[k]) * hc[k] + dtx * B[k];
+                acc += hc[k] * C[k];
+            }
+            const float zt = z[(size_t)t * ldz + c];
+            y[(size_t)t * di + c] = (acc + D[c] * xt) * (zt / (1.0f + expf(-zt)));
+        }
+    }
+}
+
+/* res[n][d] += Mixer(RMSNorm(res)) for layer l, continuing from its conv and ssm state. */
+static void layer_forward(const Mamba *m, const MambaLayer *l, float *conv, float *ssm, int n,
+                          MambaBuffers *b, Workspace *ws)
+{
+    const int d = m->d_model, di = m->d_inner, ds = m->d_state, r = m->dt_rank;
+    const int nbc = r + 2 * ds;
+
+    rmsnorm(b->xn, b->res, l->norm, n, d, m->eps);
+    matmul(b->xz, b->xn, n, &l->in_proj, NULL, ws);
+    conv1d_silu(b->xc, conv, b->xz, 2 * (size_t)di, n, di, m->d_conv, l->conv_w, l->conv_b);
+    matmul(b->dbc, b->xc, n, &l->x_proj, NULL, ws);
+    for (int t = 0; t < n; t++)
+        memcpy(b->dtl + (size_t)t * r, b->dbc + (size_t)t * nbc, r * sizeof(float));
+    matmul(b->dt, b->dtl, n, &l->dt_proj, l->dt_b, ws);
+    for (size_t i = 0; i < (size_t)n * di; i++)
+        b->dt[i] = softplus(b->dt[i]);
+    selective_scan(b->y, ssm, b->xc, b->dt, b->xz + di, 2 * (size_t)di, b->dbc + r, nbc, l->A,
+                   l->D, n, di, ds);
+    matmul(b->xn, b->y, n, &l->out_proj, NULL, ws);
+    add(b->res, b->xn, (size_t)n * d);
+}
+
+void mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
+                   float *logits, MambaBuffers *b, Workspace *ws)
+{
+    const int d = m->d_model;
+    const size_t conv_layer = (size_t)m->d_inner * m->d_conv;
+    const size_t ssm_layer = (size_t)m->d_inner * m->d_state;
+
+    for (int t0 = 0; t0 < n; t0 += b->max_chunk) {
+        const int nc = MIN(b->max_chunk, n - t0);
+        const gboolean last = t0 + nc == n;
+        memcpy(b->res, x + (size_t)t0 * d, (size_t)nc * d * sizeof(float));
+        for (int i = 0; i < m->n_layer; i++)
+            layer_forward(m, &m->layers[i], s->conv + i * conv_layer, s->ssm + i * ssm_layer, nc,
+                          b, ws);
+
+        /* norm_f: every row when the caller wants them, else only the last row for the logits. */
+        float *normed = b->xn + (size_t)(nc - 1) * d;
+        if (hidden_out) {
+            rmsnorm(hidden_out + (size_t)t0 * d, b->res, m->norm_f, nc, d, m->eps);
+            normed = hidden_out + (size_t)(n - 1) * d;
+        } else if (last && logits) {
+            rmsnorm(normed, b->res + (size_t)(nc - 1) * d, m->norm_f, 1, d, m->eps);
+        }
+        if (last && logits)
+            matmul(logits, normed, 1, &m->lm_head, NULL, ws);
+    }
+}
