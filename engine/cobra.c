@@ -1,4 +1,572 @@
-/* cobra.c - the whole path: image -> towers -> projector -> Mamba -> text. (being written) */
+/* cobra.c - the whole path behind include/cobra.h:
+ * frame -> RGB -> Pillow bicubic S x S -> per-tower normalisation -> DINOv2 and SigLIP features
+ * -> concatenation -> projector -> image tokens -> Mamba prefill (kept as the image state)
+ * -> prompt tokens -> greedy or sampled decoding through the recurrent step. */
 #include "cobra.h"
 
+#include <omp.h>
+#include <string.h>
+
+#include "gguf.h"
+#include "image.h"
+#include "mamba.h"
+#include "ops.h"
+#include "projector.h"
+#include "sampler.h"
+#include "tokenizer.h"
+#include "vit.h"
+
 G_DEFINE_QUARK(cobra-error-quark, cobra_error)
+
+/* Prefill chunk: big enough for sgemm efficiency, small enough that cancellation is prompt and
+ * the activations stay a few MB whatever the prompt length. */
+#define PREFILL_CHUNK 256
+#define N_TOWERS 2
+
+struct CobraModel {
+    GgufFile *file;
+    char *name;
+    Vit towers[N_TOWERS];       /* in feature order (DINOv2 first) */
+    Projector projector;
+    Mamba lm;
+    Tokenizer *tokenizer;
+    char *prompt_before;        /* template text before "{question}" */
+    char *prompt_after;         /* and after it */
+    int image_size;             /* S */
+    int n_image_tokens;         /* G * G */
+    int feature_dim;            /* sum of the towers' widths */
+    int max_prompt_tokens;
+};
+
+struct CobraSession {
+    CobraModel *model;
+    int n_threads;
+    Workspace ws;
+    VitBuffers *vit_buf[N_TOWERS];
+    MambaBuffers *lm_buf;
+    uint8_t *rgb;               /* [h][w][3], grown to the largest frame seen */
+    size_t rgb_cap;
+    uint8_t *resize_tmp;        /* [h][S][3], grown likewise */
+    size_t resize_tmp_cap;
+    uint8_t *resized;           /* [S][S][3] */
+    float *pixels;              /* [3][S][S] */
+    float *features[N_TOWERS];  /* [G*G][C_t] */
+    float *fused;               /* [G*G][Fv] */
+    float *proj_hidden;         /* [G*G][4Fv + d] */
+    float *image_tokens;        /* [G*G][d] */
+    float *embeds;              /* [PREFILL_CHUNK][d] */
+    float *logits;              /* [V] */
+    float *image_hidden;        /* [G*G][d], only while a tensor callback is set */
+    MambaState state;           /* the sequence being generated */
+    MambaState image_state;     /* after the image tokens: restored before every question */
+    gboolean has_image;
+    double image_prefill_s;     /* prefill time of the image tokens, part of every answer's */
+    gint cancelled;             /* atomic */
+    CobraTimings timings;
+    CobraTensorFunc dump;
+    void *dump_data;
+};
+
+/* ---- model ---- */
+
+static gboolean split_template(CobraModel *m, GError **error)
+{
+    const char *tpl = gguf_get_string(m->file, "cobra.prompt_template", error);
+    if (!tpl)
+        return FALSE;
+    const char *q = strstr(tpl, "{question}");
+    if (!q) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: cobra.prompt_template has no {question} placeholder", gguf_path(m->file));
+        return FALSE;
+    }
+    m->prompt_before = g_strndup(tpl, (gsize)(q - tpl));
+    m->prompt_after = g_strdup(q + strlen("{question}"));
+    return TRUE;
+}
+
+static gboolean load_towers(CobraModel *m, GError **error)
+{
+    size_t n;
+    const char *const *order = gguf_get_string_array(m->file, "clip.vision.feature_order", &n, error);
+    if (!order)
+        return FALSE;
+    if (n != N_TOWERS) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: clip.vision.feature_order lists %zu towers, expected %d",
+                    gguf_path(m->file), n, N_TOWERS);
+        return FALSE;
+    }
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!vit_load(&m->towers[t], m->file, order[t], error))
+            return FALSE;
+        if (m->towers[t].grid != m->towers[0].grid) {
+            g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                        "%s: towers %s and %s have different grids (%d, %d)", gguf_path(m->file),
+                        order[0], order[t], m->towers[0].grid, m->towers[t].grid);
+            return FALSE;
+        }
+        m->feature_dim += m->towers[t].dim;
+    }
+    m->image_size = m->towers[0].image_size;
+    m->n_image_tokens = m->towers[0].grid * m->towers[0].grid;
+    return TRUE;
+}
+
+static gboolean check_resize_strategy(const GgufFile *f, GError **error)
+{
+    if (!gguf_has_key(f, "cobra.image_resize_strategy"))
+        return TRUE;
+    const char *s = gguf_get_string(f, "cobra.image_resize_strategy", error);
+    if (!s)
+        return FALSE;
+    if (strcmp(s, "resize-naive") != 0) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: image resize strategy '%s' is not supported (only resize-naive)",
+                    gguf_path(f), s);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+CobraModel *cobra_model_load(const char *path, GError **error)
+{
+    g_return_val_if_fail(path != NULL, NULL);
+    CobraModel *m = g_new0(CobraModel, 1);
+    uint64_t max_len;
+    m->file = gguf_open(path, error);
+    if (!m->file)
+        goto fail;
+    const char *arch = gguf_get_string(m->file, "general.architecture", error);
+    if (!arch)
+        goto fail;
+    if (strcmp(arch, "cobra") != 0) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: architecture '%s' is not a Cobra model (expected 'cobra')", path, arch);
+        goto fail;
+    }
+    m->name = g_strdup(gguf_has_key(m->file, "general.name")
+                           ? gguf_get_string(m->file, "general.name", NULL)
+                           : "cobra");
+    if (!check_resize_strategy(m->file, error) || !load_towers(m, error) ||
+        !mamba_load(&m->lm, m->file, error) ||
+        !projector_load(&m->projector, m->file, m->feature_dim, m->lm.d_model, error) ||
+        !split_template(m, error) ||
+        !gguf_get_uint(m->file, "mamba.context_length", 1 << 20, &max_len, error))
+        goto fail;
+    m->max_prompt_tokens = (int)max_len;
+    m->tokenizer = tokenizer_load(m->file, error);
+    if (!m->tokenizer)
+        goto fail;
+    return m;
+fail:
+    cobra_model_free(m);
+    return NULL;
+}
+
+void cobra_model_free(CobraModel *m)
+{
+    if (!m)
+        return;
+    for (int t = 0; t < N_TOWERS; t++)
+        vit_free(&m->towers[t]);
+    mamba_free(&m->lm);
+    if (m->tokenizer)
+        tokenizer_free(m->tokenizer);
+    g_free(m->prompt_before);
+    g_free(m->prompt_after);
+    g_free(m->name);
+    gguf_close(m->file);
+    g_free(m);
+}
+
+int cobra_model_image_size(const CobraModel *m) { return m->image_size; }
+int cobra_model_n_image_tokens(const CobraModel *m) { return m->n_image_tokens; }
+int cobra_model_max_prompt_tokens(const CobraModel *m) { return m->max_prompt_tokens; }
+const char *cobra_model_name(const CobraModel *m) { return m->name; }
+const char *cobra_model_path(const CobraModel *m) { return gguf_path(m->file); }
+
+gboolean cobra_model_tokenize(const CobraModel *m, const char *text, GArray *ids, GError **error)
+{
+    return tokenizer_encode(m->tokenizer, text, -1, ids, error);
+}
+
+char *cobra_model_detokenize(const CobraModel *m, const int32_t *ids, size_t n,
+                             gboolean skip_special)
+{
+    return tokenizer_decode(m->tokenizer, ids, n, skip_special);
+}
+
+/* ---- session ---- */
+
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+CobraSession *cobra_session_new(CobraModel *m, int n_threads, GError **error)
+{
+    g_return_val_if_fail(m != NULL, NULL);
+    if (n_threads < 0 || n_threads > 1024) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
+                    "n_threads %d is out of range (0 = all cores, up to 1024)", n_threads);
+        return NULL;
+    }
+    CobraSession *s = g_new0(CobraSession, 1);
+    s->model = m;
+    s->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    int S = m->image_size, n_img = m->n_image_tokens, d = m->lm.d_model;
+    int max_cols = max_int(mamba_max_cols(&m->lm), m->projector.hidden_dim);
+    int max_rows = max_int(PREFILL_CHUNK, n_img);
+    for (int t = 0; t < N_TOWERS; t++) {
+        s->vit_buf[t] = vit_buffers_new(&m->towers[t]);
+        s->features[t] = g_new(float, (size_t)n_img * m->towers[t].dim);
+        max_cols = max_int(max_cols, vit_max_cols(&m->towers[t]));
+        max_rows = max_int(max_rows, vit_max_rows(&m->towers[t]));
+    }
+    workspace_init(&s->ws, max_cols, max_rows);
+    s->lm_buf = mamba_buffers_new(&m->lm, PREFILL_CHUNK);
+    s->resized = g_new(uint8_t, (size_t)S * S * 3);
+    s->pixels = g_new(float, (size_t)3 * S * S);
+    s->fused = g_new(float, (size_t)n_img * m->feature_dim);
+    s->proj_hidden = g_new(float, (size_t)n_img * (m->projector.hidden_dim + d));
+    s->image_tokens = g_new(float, (size_t)n_img * d);
+    s->embeds = g_new(float, (size_t)PREFILL_CHUNK * d);
+    s->logits = g_new(float, (size_t)m->lm.n_vocab);
+    mamba_state_init(&s->state, &m->lm);
+    mamba_state_init(&s->image_state, &m->lm);
+    return s;
+}
+
+void cobra_session_free(CobraSession *s)
+{
+    if (!s)
+        return;
+    for (int t = 0; t < N_TOWERS; t++) {
+        vit_buffers_free(s->vit_buf[t]);
+        g_free(s->features[t]);
+    }
+    mamba_buffers_free(s->lm_buf);
+    workspace_free(&s->ws);
+    mamba_state_free(&s->state);
+    mamba_state_free(&s->image_state);
+    g_free(s->rgb);
+    g_free(s->resize_tmp);
+    g_free(s->resized);
+    g_free(s->pixels);
+    g_free(s->fused);
+    g_free(s->proj_hidden);
+    g_free(s->image_tokens);
+    g_free(s->embeds);
+    g_free(s->logits);
+    g_free(s->image_hidden);
+    g_free(s);
+}
+
+void cobra_session_cancel(CobraSession *s)
+{
+    g_atomic_int_set(&s->cancelled, 1);
+}
+
+void cobra_session_get_timings(const CobraSession *s, CobraTimings *t)
+{
+    *t = s->timings;
+}
+
+void cobra_session_set_tensor_callback(CobraSession *s, CobraTensorFunc func, void *user_data)
+{
+    s->dump = func;
+    s->dump_data = user_data;
+}
+
+static void dump(CobraSession *s, const char *name, const char *dtype, const void *data,
+                 int n_dims, int64_t d0, int64_t d1, int64_t d2)
+{
+    if (!s->dump)
+        return;
+    int64_t shape[3] = {d0, d1, d2};
+    s->dump(name, dtype, shape, n_dims, data, s->dump_data);
+}
+
+/* Checked between stages, prefill chunks and tokens; the public calls clear the request when
+ * they return, so a cancel reaches the running call or, when idle, the next one. */
+static gboolean check_cancel(CobraSession *s, GError **error)
+{
+    if (!g_atomic_int_get(&s->cancelled))
+        return TRUE;
+    g_set_error(error, COBRA_ERROR, COBRA_ERROR_CANCELLED, "cancelled");
+    return FALSE;
+}
+
+static double now_s(void) { return g_get_monotonic_time() / 1e6; }
+
+static void *grow(void *buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return buf;
+    *cap = need;
+    return g_realloc(buf, need);
+}
+
+/* Frame -> S x S RGB, Pillow-exact. */
+static void resize_frame(CobraSession *s, const CobraImage *img)
+{
+    int S = s->model->image_size;
+    size_t w = (size_t)img->width, h = (size_t)img->height;
+    s->rgb = grow(s->rgb, &s->rgb_cap, w * h * 3);
+    s->resize_tmp = grow(s->resize_tmp, &s->resize_tmp_cap, h * (size_t)S * 3);
+    image_to_rgb(img, s->rgb);
+    resize_bicubic_rgb(s->rgb, img->width, img->height, s->resized, S, S, s->resize_tmp);
+    dump(s, "resized_rgb", "u1", s->resized, 3, S, S, 3);
+}
+
+static void concat_features(CobraSession *s)
+{
+    const CobraModel *m = s->model;
+    for (int i = 0; i < m->n_image_tokens; i++) {
+        float *row = s->fused + (size_t)i * m->feature_dim;
+        for (int t = 0; t < N_TOWERS; t++) {
+            int c = m->towers[t].dim;
+            memcpy(row, s->features[t] + (size_t)i * c, (size_t)c * sizeof(float));
+            row += c;
+        }
+    }
+}
+
+/* Run n embeddings through the LM in chunks from the current state, checking for cancellation
+ * between chunks. hidden (optional) gets norm_f outputs, logits (optional) the last logits. */
+static gboolean prefill(CobraSession *s, const float *x, int n, float *hidden, float *logits,
+                        GError **error)
+{
+    const Mamba *lm = &s->model->lm;
+    for (int i = 0; i < n; i += PREFILL_CHUNK) {
+        if (!check_cancel(s, error))
+            return FALSE;
+        int len = MIN(PREFILL_CHUNK, n - i);
+        mamba_forward(lm, &s->state, x + (size_t)i * lm->d_model, len,
+                      hidden ? hidden + (size_t)i * lm->d_model : NULL,
+                      i + len == n ? logits : NULL, s->lm_buf, &s->ws);
+    }
+    return TRUE;
+}
+
+static gboolean encode_image(CobraSession *s, const CobraImage *img, GError **error)
+{
+    CobraModel *m = s->model;
+    memset(&s->timings, 0, sizeof s->timings);
+    s->has_image = FALSE;
+    if (!image_validate(img, error) || !check_cancel(s, error))
+        return FALSE;
+    double t0 = now_s();
+    int S = m->image_size, n_img = m->n_image_tokens, d = m->lm.d_model;
+    resize_frame(s, img);
+    for (int t = 0; t < N_TOWERS; t++) {
+        const Vit *v = &m->towers[t];
+        normalize_rgb(s->resized, S, v->mean, v->std, s->pixels);
+        char name[48];
+        g_snprintf(name, sizeof name, "pixel_values_%s", v->prefix);
+        dump(s, name, "f4", s->pixels, 3, 3, S, S);
+        if (!check_cancel(s, error))
+            return FALSE;
+        vit_forward(v, s->pixels, s->features[t], s->vit_buf[t], &s->ws);
+        g_snprintf(name, sizeof name, "%s_patches", v->prefix);
+        dump(s, name, "f4", s->features[t], 2, n_img, v->dim, 0);
+    }
+    concat_features(s);
+    dump(s, "fused_patches", "f4", s->fused, 2, n_img, m->feature_dim, 0);
+    projector_forward(&m->projector, s->fused, n_img, s->image_tokens, s->proj_hidden, &s->ws);
+    dump(s, "projected", "f4", s->image_tokens, 2, n_img, d, 0);
+    double t1 = now_s();
+
+    /* The image tokens come first and do not depend on the question: prefill them once. */
+    mamba_state_reset(&s->state, &m->lm);
+    g_clear_pointer(&s->image_hidden, g_free);
+    if (s->dump)
+        s->image_hidden = g_new(float, (size_t)n_img * d);
+    if (!prefill(s, s->image_tokens, n_img, s->image_hidden, NULL, error))
+        return FALSE;
+    mamba_state_copy(&s->image_state, &s->state, &m->lm);
+    s->has_image = TRUE;
+    s->timings.image_s = t1 - t0;
+    s->image_prefill_s = s->timings.prefill_s = now_s() - t1;
+    s->timings.n_image_tokens = n_img;
+    return TRUE;
+}
+
+gboolean cobra_session_set_image(CobraSession *s, const CobraImage *img, GError **error)
+{
+    g_return_val_if_fail(s != NULL && img != NULL, FALSE);
+    omp_set_num_threads(s->n_threads);
+    gboolean ok = encode_image(s, img, error);
+    g_atomic_int_set(&s->cancelled, 0);
+    return ok;
+}
+
+/* The templated prompt's ids; a question too long for the context is cut from its end (the
+ * template around it is kept, so the model still sees a well-formed turn). */
+static GArray *encode_prompt(CobraSession *s, const char *question, GError **error)
+{
+    const CobraModel *m = s->model;
+    char *q = g_strstrip(g_strdup(question));
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    GArray *after = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    gboolean ok = FALSE;
+    if (!*q) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is empty");
+        goto out;
+    }
+    if (!tokenizer_encode(m->tokenizer, m->prompt_before, -1, ids, error) ||
+        !tokenizer_encode(m->tokenizer, q, -1, ids, error) ||
+        !tokenizer_encode(m->tokenizer, m->prompt_after, -1, after, error))
+        goto out;
+    if ((int)(ids->len + after->len) > m->max_prompt_tokens) {
+        int keep = m->max_prompt_tokens - (int)after->len;
+        s->timings.n_prompt_truncated = (int)ids->len - keep;
+        g_array_set_size(ids, (guint)MAX(keep, 0));
+    }
+    g_array_append_vals(ids, after->data, after->len);
+    for (guint i = 0; i < ids->len; i++) {
+        int32_t id = g_array_index(ids, int32_t, i);
+        if (id < 0 || id >= m->lm.n_vocab) {
+            g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
+                        "the prompt contains token %d ('%s'), which the model has no embedding "
+                        "for (%d rows)", id, tokenizer_token_text(m->tokenizer, id), m->lm.n_vocab);
+            goto out;
+        }
+    }
+    ok = TRUE;
+out:
+    g_free(q);
+    g_array_unref(after);
+    if (!ok)
+        g_clear_pointer(&ids, g_array_unref);
+    return ids;
+}
+
+/* Prompt tokens through the LM from the image state; leaves the last logits in s->logits. */
+static gboolean prefill_prompt(CobraSession *s, const GArray *ids, GError **error)
+{
+    const CobraModel *m = s->model;
+    int n = (int)ids->len, d = m->lm.d_model, n_img = m->n_image_tokens;
+    const int32_t *p = (const int32_t *)ids->data;
+    float *hidden = NULL;
+    if (s->dump && s->image_hidden) {
+        hidden = g_new(float, (size_t)(n_img + n) * d);
+        memcpy(hidden, s->image_hidden, (size_t)n_img * d * sizeof(float));
+    }
+    gboolean ok = TRUE;
+    for (int i = 0; i < n && ok; i += PREFILL_CHUNK) {
+        int len = MIN(PREFILL_CHUNK, n - i);
+        mamba_embed(&m->lm, p + i, len, s->embeds);
+        ok = prefill(s, s->embeds, len, hidden ? hidden + (size_t)(n_img + i) * d : NULL,
+                     i + len == n ? s->logits : NULL, error);
+    }
+    if (ok && s->dump) {
+        const Mamba *lm = &m->lm;
+        dump(s, "prompt_ids", "i4", p, 1, n, 0, 0);
+        if (hidden)
+            dump(s, "final_hidden", "f4", hidden, 2, n_img + n, d, 0);
+        dump(s, "logits_last", "f4", s->logits, 1, lm->n_vocab, 0, 0);
+        dump(s, "conv_state", "f4", s->state.conv, 3, lm->n_layer, lm->d_inner, lm->d_conv);
+        dump(s, "ssm_state", "f4", s->state.ssm, 3, lm->n_layer, lm->d_inner, lm->d_state);
+    }
+    g_free(hidden);
+    return ok;
+}
+
+static gboolean check_params(const CobraParams *params, GError **error)
+{
+    if (params->max_tokens < 1 || params->max_tokens > 1 << 20 || !(params->temperature >= 0) ||
+        params->top_k < 0 || !(params->top_p > 0 && params->top_p <= 1) ||
+        !(params->repeat_penalty > 0)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
+                    "decoding parameters out of range (max_tokens %d, temperature %g, top_k %d, "
+                    "top_p %g, repeat_penalty %g)", params->max_tokens, params->temperature,
+                    params->top_k, params->top_p, params->repeat_penalty);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static char *answer(CobraSession *s, const char *question, const CobraParams *params,
+                    CobraTokenFunc on_token, void *user_data, GError **error)
+{
+    CobraModel *m = s->model;
+    if (!s->has_image) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_STATE, "no image: call set_image first");
+        return NULL;
+    }
+    if (!g_utf8_validate(question, -1, NULL)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
+        return NULL;
+    }
+    if (!check_params(params, error))
+        return NULL;
+    s->timings.prefill_s = s->image_prefill_s;
+    s->timings.decode_s = 0;
+    s->timings.n_prompt_truncated = 0;
+    s->timings.n_generated = 0;
+    GArray *ids = encode_prompt(s, question, error);
+    if (!ids)
+        return NULL;
+    s->timings.n_prompt_tokens = (int)ids->len;
+
+    double t0 = now_s();
+    mamba_state_copy(&s->state, &s->image_state, &m->lm);
+    gboolean ok = prefill_prompt(s, ids, error);
+    g_array_unref(ids);
+    s->timings.prefill_s += now_s() - t0;
+    if (!ok)
+        return NULL;
+
+    double t1 = now_s();
+    Sampler sampler;
+    sampler_init(&sampler, params, m->lm.n_vocab);
+    GArray *out = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    TokenStream stream;
+    token_stream_init(&stream);
+    GString *piece = g_string_new(NULL);
+    int eos = tokenizer_eos(m->tokenizer);
+    while ((int)out->len < params->max_tokens) {
+        int32_t id = sampler_sample(&sampler, s->logits, (const int32_t *)out->data, (int)out->len);
+        g_array_append_val(out, id);
+        if (on_token) {
+            g_string_truncate(piece, 0);
+            token_stream_push(m->tokenizer, &stream, id, TRUE, piece);
+            if (!on_token(piece->str, id, user_data))
+                break;
+        }
+        if (id == eos || (int)out->len == params->max_tokens)
+            break;
+        if (!check_cancel(s, error)) {
+            ok = FALSE;
+            break;
+        }
+        mamba_embed(&m->lm, &id, 1, s->embeds);
+        mamba_forward(&m->lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
+    }
+    s->timings.decode_s = now_s() - t1;
+    s->timings.n_generated = (int)out->len;
+    dump(s, "generated_ids", "i4", out->data, 1, out->len, 0, 0);
+    char *text = NULL;
+    if (ok)
+        text = g_strstrip(tokenizer_decode(m->tokenizer, (const int32_t *)out->data, out->len,
+                                           TRUE));
+    token_stream_clear(&stream);
+    g_string_free(piece, TRUE);
+    g_array_unref(out);
+    sampler_free(&sampler);
+    return text;
+}
+
+char *cobra_session_ask(CobraSession *s, const char *question, const CobraParams *params,
+                        CobraTokenFunc on_token, void *user_data, GError **error)
+{
+    g_return_val_if_fail(s != NULL && question != NULL, NULL);
+    CobraParams defaults;
+    if (!params) {
+        cobra_params_init(&defaults);
+        params = &defaults;
+    }
+    omp_set_num_threads(s->n_threads);
+    char *text = answer(s, question, params, on_token, user_data, error);
+    g_atomic_int_set(&s->cancelled, 0);
+    return text;
+}

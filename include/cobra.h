@@ -92,6 +92,7 @@ typedef struct {
     double prefill_s;  /* image tokens (once per image) and prompt tokens through the LM */
     double decode_s;   /* generated tokens */
     int n_image_tokens, n_prompt_tokens, n_generated;
+    int n_prompt_truncated; /* question tokens dropped to fit the context (0 normally) */
 } CobraTimings;
 
 /* ---- model ---- */
