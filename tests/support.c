@@ -1,6 +1,7 @@
 #include "support.h"
 
 #include <math.h>
+#include <string.h>
 
 static const char *env_dir(const char *var)
 {
@@ -51,4 +52,90 @@ void assert_rel_error(const char *what, const float *got, const float *ref, size
     g_test_message("%s: relative error %.3g (bound %.3g)", what, e, tol);
     if (!(e <= tol))
         g_test_fail_printf("%s: relative error %.3g exceeds %.3g", what, e, tol);
+}
+
+char *test_read_text(const char *rel)
+{
+    char *path = test_data_path(rel), *text;
+    GError *err = NULL;
+    if (!g_file_get_contents(path, &text, NULL, &err))
+        g_error("%s", err->message);
+    g_free(path);
+    return text;
+}
+
+/* Points just past `"key":` and any white space, or NULL. */
+static const char *json_field(const char *json, const char *key)
+{
+    char *pat = g_strdup_printf("\"%s\"", key);
+    const char *p = strstr(json, pat);
+    if (p) {
+        p += strlen(pat);
+        while (g_ascii_isspace(*p))
+            p++;
+        p = *p == ':' ? p + 1 : NULL;
+        while (p && g_ascii_isspace(*p))
+            p++;
+    }
+    g_free(pat);
+    return p;
+}
+
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        int d = g_ascii_xdigit_value(p[i]);
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+char *test_json_string(const char *json, const char *key)
+{
+    const char *p = json_field(json, key);
+    if (!p || *p != '"')
+        return NULL;
+    GString *s = g_string_new(NULL);
+    for (p++; *p && *p != '"'; p++) {
+        if (*p != '\\') {
+            g_string_append_c(s, *p);
+            continue;
+        }
+        p++;
+        switch (*p) {
+        case 'n': g_string_append_c(s, '\n'); break;
+        case 't': g_string_append_c(s, '\t'); break;
+        case 'r': g_string_append_c(s, '\r'); break;
+        case 'b': g_string_append_c(s, '\b'); break;
+        case 'f': g_string_append_c(s, '\f'); break;
+        case 'u': {
+            int c = hex4(p + 1);
+            p += 4;
+            if (c >= 0xd800 && c < 0xdc00 && p[1] == '\\' && p[2] == 'u') {
+                int lo = hex4(p + 3);
+                if (lo >= 0xdc00 && lo < 0xe000) {
+                    c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+                    p += 6;
+                }
+            }
+            g_string_append_unichar(s, (gunichar)c);
+            break;
+        }
+        default: g_string_append_c(s, *p); break; /* \" \\ \/ */
+        }
+        if (!*p)
+            break;
+    }
+    return g_string_free(s, FALSE);
+}
+
+double test_json_number(const char *json, const char *key)
+{
+    const char *p = json_field(json, key);
+    char *end;
+    double v = p ? g_ascii_strtod(p, &end) : 0;
+    return p && end != p ? v : NAN;
 }

@@ -17,4 +17,12 @@ double rel_error(const float *got, const float *ref, size_t n);
 /* Fail the test, naming `what` and both errors, when rel_error(got, ref) > tol. */
 void assert_rel_error(const char *what, const float *got, const float *ref, size_t n, double tol);
 
+/* The value of the first string field `key` in a JSON text (\u escapes and surrogate pairs
+ * decoded), or NULL; g_free the result. Enough for the fixtures' flat manifest and cases. */
+char *test_json_string(const char *json, const char *key);
+/* The number of the first field `key`, or NAN. */
+double test_json_number(const char *json, const char *key);
+/* tests/data/<rel> as text; fails the test if unreadable. g_free the result. */
+char *test_read_text(const char *rel);
+
 #endif
