@@ -1,1 +1,537 @@
-/* ops.c: being written */
+/* ops.c - numeric kernels: matmul on F32/F16/Q8_0 weights, norms, activations, fp16.
+ *
+ * GEMM (n > 1) goes to OpenBLAS: F32 weights in place, F16/Q8_0 dequantised a tile of rows at a
+ * time. Decoding (n == 1) is memory-bound, so it reads each weight once in a fused
+ * dequantise-and-dot kernel, picked at run time for the CPU (AVX-512, AVX2+FMA+F16C, plain C).
+ */
+#include "ops.h"
+
+#include <cblas.h>
+#include <glib.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <string.h>
+
+/* Rows of weights dequantised per GEMM call: large enough for sgemm to be efficient, small
+ * enough (256 x 5120 floats = 5 MiB at most for cobra+3b) to stay in the outer caches. */
+#define TILE_ROWS 256
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define PARALLEL_MIN 32768
+
+/* An activation block quantised for the Q8_0 dot: float scale (the weights' is f16). */
+typedef struct {
+    float d;
+    int8_t qs[QK8_0];
+} BlockQ8x;
+
+/* ---- fp16 ---------------------------------------------------------------------------------- */
+
+static inline float bits_to_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t f32_to_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+float fp16_to_fp32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    if (exp == 0) { /* zero or subnormal: mant * 2^-24 is exact in float */
+        float v = (float)mant * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (exp == 31) /* inf / NaN keep their payload */
+        return bits_to_f32(sign | 0x7f800000u | mant << 13);
+    return bits_to_f32(sign | (exp + 112) << 23 | mant << 13);
+}
+
+/* Round-to-nearest-even of q + rem / 2^shift. */
+static inline uint32_t round_shifted(uint32_t q, uint32_t rem, int shift)
+{
+    uint32_t half = 1u << (shift - 1);
+    return q + (rem > half || (rem == half && (q & 1)));
+}
+
+uint16_t fp32_to_fp16(float f)
+{
+    uint32_t u = f32_to_bits(f);
+    uint16_t sign = (u >> 16) & 0x8000;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) /* NaN: keep it quiet and keep the top payload bits */
+        return sign | 0x7e00 | (a >> 13 & 0x3ff);
+    if (a >= 0x477ff000u) /* >= 65520 rounds past the largest half, 65504 */
+        return sign | 0x7c00;
+    if (a >= 0x38800000u) { /* normal half: rebias the exponent, round away 13 mantissa bits */
+        uint32_t q = (a >> 13) - (112u << 10);
+        return sign | round_shifted(q, a & 0x1fff, 13);
+    }
+    if (a <= 0x33000000u) /* <= 2^-25: half-way to the smallest subnormal rounds to even 0 */
+        return sign;
+    /* subnormal half: value / 2^-24 = mant * 2^(e - 126) */
+    uint32_t e = a >> 23, mant = (a & 0x7fffff) | 0x800000;
+    int shift = 126 - (int)e;
+    return sign | round_shifted(mant >> shift, mant & ((1u << shift) - 1), shift);
+}
+
+/* ---- CPU features ----------------------------------------------------------------------------- */
+
+typedef enum { ISA_C, ISA_AVX2, ISA_AVX512 } Isa;
+
+static Isa cpu_isa(void)
+{
+    static gsize once = 0;
+    static Isa isa;
+    if (g_once_init_enter(&once)) {
+        __builtin_cpu_init();
+        isa = ISA_C;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+            isa = ISA_AVX2;
+        if (isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512vnni"))
+            isa = ISA_AVX512;
+        if (g_getenv("COBRA_NO_SIMD")) /* lets tests and users check the portable path */
+            isa = ISA_C;
+        g_once_init_leave(&once, 1);
+    }
+    return isa;
+}
+
+/* ---- dequantisation ----------------------------------------------------------------------------- */
+
+static void dequant_row_f16_c(const uint16_t *w, float *out, int cols)
+{
+    for (int j = 0; j < cols; j++)
+        out[j] = fp16_to_fp32(w[j]);
+}
+
+__attribute__((target("avx2,f16c"))) static void dequant_row_f16_avx2(const uint16_t *w,
+                                                                        float *out, int cols)
+{
+    int j = 0;
+    for (; j + 8 <= cols; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + j))));
+    for (; j < cols; j++)
+        out[j] = _cvtsh_ss(w[j]);
+}
+
+static void dequant_row_q8_0(const BlockQ8_0 *w, float *out, int cols)
+{
+    for (int b = 0; b < cols / QK8_0; b++) {
+        float d = fp16_to_fp32(w[b].d);
+        for (int i = 0; i < QK8_0; i++)
+            out[b * QK8_0 + i] = d * w[b].qs[i];
+    }
+}
+
+static size_t row_bytes(GgmlType type, int cols)
+{
+    switch (type) {
+    case GGML_TYPE_F32: return (size_t)cols * 4;
+    case GGML_TYPE_F16: return (size_t)cols * 2;
+    case GGML_TYPE_Q8_0: return (size_t)(cols / QK8_0) * sizeof(BlockQ8_0);
+    }
+    return 0;
+}
+
+static const void *mat_row(const Mat *W, int r)
+{
+    return (const uint8_t *)W->data + (size_t)r * row_bytes(W->type, W->cols);
+}
+
+void mat_get_row(const Mat *W, int r, float *out)
+{
+    const void *row = mat_row(W, r);
+    switch (W->type) {
+    case GGML_TYPE_F32: memcpy(out, row, (size_t)W->cols * 4); break;
+    case GGML_TYPE_F16:
+        if (cpu_isa() != ISA_C)
+            dequant_row_f16_avx2(row, out, W->cols);
+        else
+            dequant_row_f16_c(row, out, W->cols);
+        break;
+    case GGML_TYPE_Q8_0: dequant_row_q8_0(row, out, W->cols); break;
+    }
+}
+
+Mat mat_from_tensor(const GgufTensor *t)
+{
+    return (Mat){ .data = t->data, .type = t->type, .rows = (int)t->ne[1], .cols = (int)t->ne[0] };
+}
+
+/* ---- workspace -------------------------------------------------------------------------------- */
+
+static void ensure_capacity(Workspace *ws, int cols)
+{
+    size_t tile = (size_t)TILE_ROWS * cols;
+    size_t xq = (size_t)(cols / QK8_0 + 1) * sizeof(BlockQ8x);
+    if (tile > ws->tile_floats) {
+        g_free(ws->tile);
+        ws->tile = g_new(float, tile);
+        ws->tile_floats = tile;
+    }
+    if (xq > ws->xq_bytes) {
+        g_free(ws->xq);
+        ws->xq = g_malloc(xq);
+        ws->xq_bytes = xq;
+    }
+}
+
+/* The tile holds TILE_ROWS dequantised rows whatever n is; max_n does not change the size. */
+void workspace_init(Workspace *ws, int max_cols, int max_n)
+{
+    memset(ws, 0, sizeof *ws);
+    ensure_capacity(ws, max_cols);
+}
+
+void workspace_free(Workspace *ws)
+{
+    g_free(ws->tile);
+    g_free(ws->xq);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* ---- matrix-vector dot products (n == 1) --------------------------------------------------- */
+
+/* Every dot product takes a weight row, the (possibly quantised) activations and cols. */
+typedef float (*DotFn)(const void *w, const void *x, int cols);
+
+static float dot_f32_c(const void *wv, const void *xv, int n)
+{
+    const float *w = wv, *x = xv;
+    float s = 0;
+    for (int j = 0; j < n; j++)
+        s += w[j] * x[j];
+    return s;
+}
+
+static float dot_f16_c(const void *wv, const void *xv, int n)
+{
+    const uint16_t *w = wv;
+    const float *x = xv;
+    float s = 0;
+    for (int j = 0; j < n; j++)
+        s += fp16_to_fp32(w[j]) * x[j];
+    return s;
+}
+
+__attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Float dot bodies shared by F32 and F16 weights; LOAD(p) gives a vector of weights at p,
+ * SCALAR(v) one weight. Two accumulators hide the FMA latency. */
+#define DOT_AVX2_BODY(T, LOAD, SCALAR)                                                          \
+    const T *w = wv;                                                                             \
+    const float *x = xv;                                                                         \
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                   \
+    int j = 0;                                                                                   \
+    for (; j + 16 <= n; j += 16) {                                                               \
+        a0 = _mm256_fmadd_ps(LOAD(w + j), _mm256_loadu_ps(x + j), a0);                           \
+        a1 = _mm256_fmadd_ps(LOAD(w + j + 8), _mm256_loadu_ps(x + j + 8), a1);                   \
+    }                                                                                            \
+    float s = hsum256(_mm256_add_ps(a0, a1));                                                    \
+    for (; j < n; j++)                                                                           \
+        s += SCALAR(w[j]) * x[j];                                                                \
+    return s;
+
+#define DOT_AVX512_BODY(T, LOAD, SCALAR)                                                        \
+    const T *w = wv;                                                                             \
+    const float *x = xv;                                                                         \
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();                                   \
+    int j = 0;                                                                                   \
+    for (; j + 32 <= n; j += 32) {                                                               \
+        a0 = _mm512_fmadd_ps(LOAD(w + j), _mm512_loadu_ps(x + j), a0);                           \
+        a1 = _mm512_fmadd_ps(LOAD(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);                 \
+    }                                                                                            \
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));                                       \
+    for (; j < n; j++)                                                                           \
+        s += SCALAR(w[j]) * x[j];                                                                \
+    return s;
+
+#define LOAD_F32_256(p) _mm256_loadu_ps(p)
+#define LOAD_F16_256(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define LOAD_F32_512(p) _mm512_loadu_ps(p)
+#define LOAD_F16_512(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define AS_FLOAT(v) (v)
+
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+TARGET_AVX2 static float dot_f32_avx2(const void *wv, const void *xv, int n)
+{
+    DOT_AVX2_BODY(float, LOAD_F32_256, AS_FLOAT)
+}
+
+TARGET_AVX2 static float dot_f16_avx2(const void *wv, const void *xv, int n)
+{
+    DOT_AVX2_BODY(uint16_t, LOAD_F16_256, _cvtsh_ss)
+}
+
+TARGET_AVX512 static float dot_f32_avx512(const void *wv, const void *xv, int n)
+{
+    DOT_AVX512_BODY(float, LOAD_F32_512, AS_FLOAT)
+}
+
+TARGET_AVX512 static float dot_f16_avx512(const void *wv, const void *xv, int n)
+{
+    DOT_AVX512_BODY(uint16_t, LOAD_F16_512, _cvtsh_ss)
+}
+
+/* ggml's quantize_row_q8_0: per block scale amax / 127, values rounded to nearest. */
+static void quantize_row_q8x(const float *x, BlockQ8x *out, int n)
+{
+    for (int b = 0; b < n / QK8_0; b++) {
+        const float *xb = x + b * QK8_0;
+        float amax = 0;
+        for (int i = 0; i < QK8_0; i++)
+            amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        for (int i = 0; i < QK8_0; i++)
+            out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+    }
+}
+
+static float dot_q8_0_c(const void *wv, const void *xv, int n)
+{
+    const BlockQ8_0 *w = wv;
+    const BlockQ8x *x = xv;
+    float s = 0;
+    for (int b = 0; b < n / QK8_0; b++) {
+        int32_t acc = 0;
+        for (int i = 0; i < QK8_0; i++)
+            acc += (int32_t)w[b].qs[i] * x[b].qs[i];
+        s += fp16_to_fp32(w[b].d) * x[b].d * (float)acc;
+    }
+    return s;
+}
+
+/* Integer dot of 32 int8 pairs as 8 int32 lanes. maddubs wants unsigned x signed, so the sign
+ * of the activation moves onto the weight (ggml's trick); activations never hold -128. */
+TARGET_AVX2 static inline __m256i dot32_i8_avx2(__m256i w, __m256i x)
+{
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+/* VNNI does the same multiply-add in one instruction, without the int16 intermediate. */
+TARGET_AVX512 static inline __m256i dot32_i8_vnni(__m256i w, __m256i x)
+{
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x),
+                               _mm256_sign_epi8(w, x));
+}
+
+#define DOT_Q8_0_BODY(DOT32)                                                                     \
+    const BlockQ8_0 *w = wv;                                                                     \
+    const BlockQ8x *x = xv;                                                                      \
+    __m256 acc = _mm256_setzero_ps();                                                            \
+    for (int b = 0; b < n / QK8_0; b++) {                                                        \
+        __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);                               \
+        __m256i qx = _mm256_loadu_si256((const __m256i *)x[b].qs);                               \
+        __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d);                                   \
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(DOT32(qw, qx)), acc);                        \
+    }                                                                                            \
+    return hsum256(acc);
+
+TARGET_AVX2 static float dot_q8_0_avx2(const void *wv, const void *xv, int n)
+{
+    DOT_Q8_0_BODY(dot32_i8_avx2)
+}
+
+TARGET_AVX512 static float dot_q8_0_avx512(const void *wv, const void *xv, int n)
+{
+    DOT_Q8_0_BODY(dot32_i8_vnni)
+}
+
+static DotFn pick_dot(GgmlType type)
+{
+    static const DotFn dots[3][3] = {
+        [ISA_C] = { dot_f32_c, dot_f16_c, dot_q8_0_c },
+        [ISA_AVX2] = { dot_f32_avx2, dot_f16_avx2, dot_q8_0_avx2 },
+        [ISA_AVX512] = { dot_f32_avx512, dot_f16_avx512, dot_q8_0_avx512 },
+    };
+    int t = type == GGML_TYPE_F32 ? 0 : type == GGML_TYPE_F16 ? 1 : 2;
+    return dots[cpu_isa()][t];
+}
+
+/* out[r] = W[r] · x, rows split over threads (so the result is the same for any count). Q8_0
+ * multiplies int8 by int8, so x is quantised first. */
+static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
+{
+    DotFn dot = pick_dot(W->type);
+    const void *xv = x;
+    if (W->type == GGML_TYPE_Q8_0) {
+        quantize_row_q8x(x, ws->xq, W->cols);
+        xv = ws->xq;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
+    for (int r = 0; r < W->rows; r++)
+        out[r] = dot(mat_row(W, r), xv, W->cols);
+}
+
+/* ---- matmul ----------------------------------------------------------------------------------- */
+
+static void dequant_tile(const Mat *W, int r0, int nr, float *tile)
+{
+    gboolean simd = cpu_isa() != ISA_C;
+#pragma omp parallel for schedule(static) if ((size_t)nr * W->cols >= PARALLEL_MIN)
+    for (int r = 0; r < nr; r++) {
+        float *dst = tile + (size_t)r * W->cols;
+        if (W->type == GGML_TYPE_Q8_0)
+            dequant_row_q8_0(mat_row(W, r0 + r), dst, W->cols);
+        else if (simd)
+            dequant_row_f16_avx2(mat_row(W, r0 + r), dst, W->cols);
+        else
+            dequant_row_f16_c(mat_row(W, r0 + r), dst, W->cols);
+    }
+}
+
+/* out[n][rows] (+)= x[n][cols] · Wᵀ for weight rows already in float form. */
+static void sgemm_xwt(float *out, int ldo, const float *x, int n, const float *w, int rows,
+                      int cols, float beta)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols, w, cols,
+                beta, out, ldo);
+}
+
+void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, Workspace *ws)
+{
+    int rows = W->rows, cols = W->cols;
+    /* Q8_0 rows are whole blocks; the model loader rejects other widths before this point. */
+    g_return_if_fail(W->type != GGML_TYPE_Q8_0 || cols % QK8_0 == 0);
+    if (n <= 0 || rows <= 0)
+        return;
+    ensure_capacity(ws, cols);
+
+    if (n == 1) {
+        matvec(out, x, W, ws);
+        if (bias)
+            add(out, bias, rows);
+        return;
+    }
+
+    /* The bias goes in first so every GEMM accumulates onto it (beta = 1). */
+    float beta = 0.0f;
+    if (bias) {
+        for (int i = 0; i < n; i++)
+            memcpy(out + (size_t)i * rows, bias, (size_t)rows * sizeof(float));
+        beta = 1.0f;
+    }
+    if (W->type == GGML_TYPE_F32) {
+        sgemm_xwt(out, rows, x, n, W->data, rows, cols, beta);
+        return;
+    }
+    for (int r0 = 0; r0 < rows; r0 += TILE_ROWS) {
+        int nr = MIN(TILE_ROWS, rows - r0);
+        dequant_tile(W, r0, nr, ws->tile);
+        sgemm_xwt(out + r0, rows, x, n, ws->tile, nr, cols, beta);
+    }
+}
+
+/* ---- row-wise and element-wise kernels ------------------------------------------------------ */
+
+void layernorm(float *out, const float *x, const float *w, const float *b, int n, int dim,
+               float eps)
+{
+#pragma omp parallel for schedule(static) if ((size_t)n * dim >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        double sum = 0, sq = 0;
+        for (int j = 0; j < dim; j++)
+            sum += xi[j];
+        double mean = sum / dim;
+        for (int j = 0; j < dim; j++)
+            sq += (xi[j] - mean) * (xi[j] - mean);
+        double inv = 1.0 / sqrt(sq / dim + eps);
+        for (int j = 0; j < dim; j++)
+            oi[j] = (float)((xi[j] - mean) * inv) * w[j] + b[j];
+    }
+}
+
+void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps)
+{
+#pragma omp parallel for schedule(static) if ((size_t)n * dim >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        double sq = 0;
+        for (int j = 0; j < dim; j++)
+            sq += (double)xi[j] * xi[j];
+        double inv = 1.0 / sqrt(sq / dim + eps);
+        for (int j = 0; j < dim; j++)
+            oi[j] = (float)(xi[j] * inv) * w[j];
+    }
+}
+
+void gelu(float *x, size_t len)
+{
+#pragma omp parallel for schedule(static) if (len >= PARALLEL_MIN)
+    for (size_t i = 0; i < len; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void silu(float *x, size_t len)
+{
+#pragma omp parallel for schedule(static) if (len >= PARALLEL_MIN)
+    for (size_t i = 0; i < len; i++)
+        x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void softmax(float *x, int len)
+{
+    float max = x[0];
+    for (int i = 1; i < len; i++)
+        max = fmaxf(max, x[i]);
+    double sum = 0;
+    for (int i = 0; i < len; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < len; i++)
+        x[i] *= inv;
+}
+
+void add(float *x, const float *y, size_t len)
+{
+#pragma omp parallel for schedule(static) if (len >= PARALLEL_MIN)
+    for (size_t i = 0; i < len; i++)
+        x[i] += y[i];
+}
+
+void scale_rows(float *x, const float *gamma, int n, int dim)
+{
+#pragma omp parallel for schedule(static) if ((size_t)n * dim >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < dim; j++)
+            x[(size_t)i * dim + j] *= gamma[j];
+}
+
+void add_scaled_rows(float *x, const float *y, const float *gamma, int n, int dim)
+{
+#pragma omp parallel for schedule(static) if ((size_t)n * dim >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < dim; j++)
+            x[(size_t)i * dim + j] += gamma[j] * y[(size_t)i * dim + j];
+}
+
+int ops_threads(void)
+{
+    return omp_get_max_threads();
+}
