@@ -1,8 +1,465 @@
-/* test_cobra.c: being written */
-#include <glib.h>
+/* test_cobra.c - the whole path through the public API and cobra-cli, against the reference run
+ * in tests/data/tiny/golden. */
+#include <glib/gstdio.h>
+#include <math.h>
+#include <string.h>
+
+#include "cobra.h"
+#include "support.h"
+
+typedef struct {
+    GHashTable *tensors; /* name -> Npy* */
+} Dumps;
+
+static void free_npy(gpointer p)
+{
+    npy_free(p);
+    g_free(p);
+}
+
+static void keep_tensor(const char *name, const char *dtype, const int64_t *shape, int n_dims,
+                        const void *data, void *user_data)
+{
+    Dumps *d = user_data;
+    Npy *a = g_new0(Npy, 1);
+    g_strlcpy(a->dtype, dtype, sizeof a->dtype);
+    a->n_dims = n_dims;
+    a->n_elems = 1;
+    for (int i = 0; i < n_dims; i++) {
+        a->shape[i] = shape[i];
+        a->n_elems *= (size_t)shape[i];
+    }
+    a->elem_size = dtype[1] - '0';
+    a->data = g_memdup2(data, a->n_elems * a->elem_size);
+    g_hash_table_replace(d->tensors, g_strdup(name), a);
+}
+
+static CobraModel *load_model(const char *outtype)
+{
+    char *path = test_model_path(outtype);
+    GError *err = NULL;
+    CobraModel *m = cobra_model_load(path, &err);
+    g_assert_no_error(err);
+    g_free(path);
+    return m;
+}
+
+/* The golden input image as a packed RGB frame; keep `a` alive while `img` is used. */
+static CobraImage golden_image(Npy *a)
+{
+    test_load_npy("tiny/golden/image_rgb.npy", a);
+    return (CobraImage){COBRA_FORMAT_RGB, (int)a->shape[1], (int)a->shape[0],
+                        {a->data}, {(int)a->shape[1] * 3}, 0};
+}
+
+static char *golden_question(void)
+{
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *q = test_json_string(manifest, "question");
+    g_free(manifest);
+    return q;
+}
+
+static int golden_n_generated(void)
+{
+    Npy ids;
+    test_load_npy("tiny/golden/generated_ids.npy", &ids);
+    int n = (int)ids.n_elems;
+    npy_free(&ids);
+    return n;
+}
+
+static void check_same_shape(const char *name, const Npy *got, const Npy *ref)
+{
+    g_assert_cmpstr(got->dtype, ==, ref->dtype);
+    g_assert_cmpint(got->n_dims, ==, ref->n_dims);
+    for (int i = 0; i < ref->n_dims; i++)
+        if (got->shape[i] != ref->shape[i])
+            g_test_fail_printf("%s: dimension %d is %" G_GINT64_FORMAT ", reference %"
+                               G_GINT64_FORMAT, name, i, got->shape[i], ref->shape[i]);
+}
+
+/* Every intermediate the session reports equals the reference dump of the same name. */
+static void compare_dumps(GHashTable *tensors, double tol)
+{
+    static const char *exact[] = {"resized_rgb", "prompt_ids", "generated_ids"};
+    static const char *close[] = {"pixel_values_dino", "pixel_values_siglip", "dino_patches",
+                                  "siglip_patches", "fused_patches", "projected", "final_hidden",
+                                  "logits_last", "conv_state", "ssm_state"};
+    for (size_t i = 0; i < G_N_ELEMENTS(exact) + G_N_ELEMENTS(close); i++) {
+        gboolean is_exact = i < G_N_ELEMENTS(exact);
+        const char *name = is_exact ? exact[i] : close[i - G_N_ELEMENTS(exact)];
+        Npy *got = g_hash_table_lookup(tensors, name);
+        if (!got) {
+            g_test_fail_printf("the session reported no '%s'", name);
+            continue;
+        }
+        char *rel = g_strdup_printf("tiny/golden/%s.npy", name);
+        Npy ref;
+        test_load_npy(rel, &ref);
+        check_same_shape(name, got, &ref);
+        if (is_exact) {
+            if (memcmp(got->data, ref.data, MIN(got->n_elems, ref.n_elems) * ref.elem_size) != 0)
+                g_test_fail_printf("%s differs from the reference", name);
+        } else if (got->n_elems == ref.n_elems) {
+            assert_rel_error(name, got->data, ref.data, ref.n_elems, tol);
+        }
+        npy_free(&ref);
+        g_free(rel);
+    }
+}
+
+static void test_golden(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    g_assert_no_error(err);
+    Dumps d = {g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_npy)};
+    cobra_session_set_tensor_callback(s, keep_tensor, &d);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    g_assert_no_error(err);
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = golden_n_generated();
+    char *q = golden_question();
+    char *answer = cobra_session_ask(s, q, &p, NULL, NULL, &err);
+    g_assert_no_error(err);
+    compare_dumps(d.tensors, 1e-4);
+
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *expected = g_strstrip(test_json_string(manifest, "generated_text"));
+    g_assert_cmpstr(answer, ==, expected);
+
+    CobraTimings t;
+    cobra_session_get_timings(s, &t);
+    g_assert_cmpint(t.n_image_tokens, ==, cobra_model_n_image_tokens(m));
+    g_assert_cmpint(t.n_generated, ==, p.max_tokens);
+    g_assert_cmpint(t.n_prompt_truncated, ==, 0);
+    g_free(expected);
+    g_free(manifest);
+    g_free(answer);
+    g_free(q);
+    npy_free(&a);
+    g_hash_table_unref(d.tensors);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+typedef struct {
+    GString *text;
+    int n;
+} Streamed;
+
+static gboolean collect(const char *piece, int id, void *user_data)
+{
+    Streamed *st = user_data;
+    g_string_append(st->text, piece);
+    st->n++;
+    return TRUE;
+}
+
+/* Streaming pieces add up to the answer; one image serves several questions, and the answer to
+ * a question does not depend on what was asked before (the image state is restored). */
+static void test_questions_share_image(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 1, &err);
+    CobraSession *fresh = cobra_session_new(m, 2, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    g_assert_true(cobra_session_set_image(fresh, &img, &err));
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 12;
+    Streamed st = {g_string_new(NULL), 0};
+    char *a1 = cobra_session_ask(s, "What is in this picture?", &p, collect, &st, &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(st.n, ==, 12);
+    g_assert_cmpstr(g_strstrip(st.text->str), ==, a1);
+    char *a2 = cobra_session_ask(s, "What colour is the sky?", &p, NULL, NULL, &err);
+    char *a1_again = cobra_session_ask(s, "What is in this picture?", &p, NULL, NULL, &err);
+    char *a2_fresh = cobra_session_ask(fresh, "What colour is the sky?", &p, NULL, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(a1, ==, a1_again);
+    g_assert_cmpstr(a2, ==, a2_fresh);
+    g_assert_cmpstr(a1, !=, a2);
+    g_free(a1);
+    g_free(a2);
+    g_free(a1_again);
+    g_free(a2_fresh);
+    g_string_free(st.text, TRUE);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_session_free(fresh);
+    cobra_model_free(m);
+}
+
+static void test_bad_requests(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 4;
+
+    g_assert_null(cobra_session_ask(s, "Hello?", &p, NULL, NULL, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_STATE);
+    g_clear_error(&err);
+
+    Npy a;
+    CobraImage img = golden_image(&a);
+    CobraImage bad = img;
+    bad.strides[0] = 2;
+    g_assert_false(cobra_session_set_image(s, &bad, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_clear_error(&err);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+
+    g_assert_null(cobra_session_ask(s, "  \n ", &p, NULL, NULL, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_assert_nonnull(strstr(err->message, "empty"));
+    g_clear_error(&err);
+
+    g_assert_null(cobra_session_ask(s, "caf\xc3 bad", &p, NULL, NULL, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_assert_nonnull(strstr(err->message, "UTF-8"));
+    g_clear_error(&err);
+
+    /* The GPT-NeoX tokenizer has added tokens past the embedding rows. */
+    g_assert_null(cobra_session_ask(s, "Is RWKV here?", &p, NULL, NULL, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_assert_nonnull(strstr(err->message, "RWKV"));
+    g_clear_error(&err);
+
+    CobraParams bad_p = p;
+    bad_p.top_p = 0;
+    g_assert_null(cobra_session_ask(s, "Hello?", &bad_p, NULL, NULL, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_assert_nonnull(strstr(err->message, "top_p"));
+    g_clear_error(&err);
+
+    /* A question longer than the context is cut, reported, and still answered. */
+    int limit = cobra_model_max_prompt_tokens(m);
+    GString *huge = g_string_new(NULL);
+    for (int i = 0; i < limit + 100; i++)
+        g_string_append(huge, " cat");
+    char *answer = cobra_session_ask(s, huge->str, &p, NULL, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_nonnull(answer);
+    CobraTimings t;
+    cobra_session_get_timings(s, &t);
+    g_assert_cmpint(t.n_prompt_tokens, ==, limit);
+    g_assert_cmpint(t.n_prompt_truncated, >, 0);
+    g_free(answer);
+    g_string_free(huge, TRUE);
+
+    g_assert_null(cobra_session_new(m, -1, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_INVALID);
+    g_clear_error(&err);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+typedef struct {
+    CobraSession *session;
+    int n;
+} CancelAt;
+
+static gboolean cancel_after_two(const char *piece, int id, void *user_data)
+{
+    CancelAt *c = user_data;
+    if (++c->n == 2)
+        cobra_session_cancel(c->session);
+    return TRUE;
+}
+
+static gboolean stop_after_three(const char *piece, int id, void *user_data)
+{
+    return ++*(int *)user_data < 3;
+}
+
+static void test_cancel(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 20;
+
+    /* A cancel while idle stops the next call only. */
+    cobra_session_cancel(s);
+    g_assert_false(cobra_session_set_image(s, &img, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
+    g_clear_error(&err);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+
+    /* A cancel during generation (here from the token callback) stops it. */
+    CancelAt c = {s, 0};
+    g_assert_null(cobra_session_ask(s, "What is it?", &p, cancel_after_two, &c, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
+    g_clear_error(&err);
+    g_assert_cmpint(c.n, ==, 2);
+
+    /* Returning FALSE from the callback ends the answer early, without an error. */
+    int n = 0;
+    char *answer = cobra_session_ask(s, "What is it?", &p, stop_after_three, &n, &err);
+    g_assert_no_error(err);
+    g_assert_nonnull(answer);
+    g_assert_cmpint(n, ==, 3);
+    g_free(answer);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+/* Quantised models are judged on the logits after the prompt: close, same top-1. */
+static void check_quantised(const char *outtype, double tol)
+{
+    CobraModel *m = load_model(outtype);
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    Dumps d = {g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_npy)};
+    cobra_session_set_tensor_callback(s, keep_tensor, &d);
+    Npy a, ref;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 1;
+    char *q = golden_question();
+    g_free(cobra_session_ask(s, q, &p, NULL, NULL, &err));
+    g_assert_no_error(err);
+    test_load_npy("tiny/golden/logits_last.npy", &ref);
+    Npy *got = g_hash_table_lookup(d.tensors, "logits_last");
+    g_assert_nonnull(got);
+    g_assert_cmpuint(got->n_elems, ==, ref.n_elems);
+    assert_rel_error(outtype, got->data, ref.data, ref.n_elems, tol);
+    Npy ids;
+    test_load_npy("tiny/golden/generated_ids.npy", &ids);
+    Npy *gen = g_hash_table_lookup(d.tensors, "generated_ids");
+    g_assert_cmpint(((int32_t *)gen->data)[0], ==, ((int32_t *)ids.data)[0]);
+    npy_free(&ids);
+    npy_free(&ref);
+    npy_free(&a);
+    g_free(q);
+    g_hash_table_unref(d.tensors);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+static void test_f16(void) { check_quantised("f16", 5e-3); }
+static void test_q8_0(void) { check_quantised("q8_0", 3e-2); }
+
+static void test_model_errors(void)
+{
+    GError *err = NULL;
+    g_assert_null(cobra_model_load("/nonexistent/model.gguf", &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_IO);
+    g_assert_nonnull(strstr(err->message, "/nonexistent/model.gguf"));
+    g_clear_error(&err);
+
+    /* A truncated copy names the file and fails cleanly. */
+    char *src = test_model_path("f32");
+    char *bytes;
+    gsize len;
+    g_assert_true(g_file_get_contents(src, &bytes, &len, NULL));
+    char *dir = g_dir_make_tmp("cobra-test-XXXXXX", NULL);
+    char *cut = g_build_filename(dir, "cut.gguf", NULL);
+    g_assert_true(g_file_set_contents(cut, bytes, (gssize)(len * 2 / 3), NULL));
+    g_assert_null(cobra_model_load(cut, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_FORMAT);
+    g_assert_nonnull(strstr(err->message, "cut.gguf"));
+    g_clear_error(&err);
+    g_unlink(cut);
+    g_rmdir(dir);
+    g_free(cut);
+    g_free(dir);
+    g_free(bytes);
+    g_free(src);
+}
+
+/* cobra-cli: decodes the PNG with GStreamer, prints only the answer, dumps the intermediates. */
+static void test_cli(void)
+{
+    const char *cli = g_getenv("COBRA_CLI");
+    g_assert_nonnull(cli);
+    char *model = test_model_path("f32");
+    char *image = test_data_path("tiny/golden/image.png");
+    char *dir = g_dir_make_tmp("cobra-cli-XXXXXX", NULL);
+    char *q = golden_question();
+    char *n = g_strdup_printf("%d", golden_n_generated());
+    const char *argv[] = {cli, "-m", model, "-i", image, "-p", q, "-n", n, "--dump-dir", dir, NULL};
+    char *out = NULL, *errout = NULL;
+    int status;
+    GError *err = NULL;
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                               &errout, &status, &err));
+    g_assert_no_error(err);
+    g_assert_true(g_spawn_check_wait_status(status, NULL));
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *expected = g_strstrip(test_json_string(manifest, "generated_text"));
+    char *expected_line = g_strconcat(expected, "\n", NULL);
+    g_assert_cmpstr(out, ==, expected_line);
+
+    GHashTable *tensors = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_npy);
+    GDir *gd = g_dir_open(dir, 0, NULL);
+    const char *name;
+    while ((name = g_dir_read_name(gd))) {
+        char *path = g_build_filename(dir, name, NULL);
+        Npy *a = g_new0(Npy, 1);
+        g_assert_true(npy_load(path, a, NULL));
+        g_hash_table_insert(tensors, g_strndup(name, strlen(name) - 4), a);
+        g_unlink(path);
+        g_free(path);
+    }
+    g_dir_close(gd);
+    g_rmdir(dir);
+    compare_dumps(tensors, 1e-4);
+    g_hash_table_unref(tensors);
+
+    /* Errors: one line on stderr, non-zero exit. */
+    const char *bad[] = {cli, "-m", "/nonexistent.gguf", "-i", image, "-p", "hi", NULL};
+    g_free(errout);
+    g_free(out);
+    g_assert_true(g_spawn_sync(NULL, (char **)bad, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                               &errout, &status, NULL));
+    g_assert_false(g_spawn_check_wait_status(status, NULL));
+    g_assert_cmpstr(out, ==, "");
+    g_assert_nonnull(strstr(errout, "/nonexistent.gguf"));
+    g_assert_cmpint(strchr(errout, '\n') - errout, ==, (long)strlen(errout) - 1);
+
+    g_free(expected_line);
+    g_free(expected);
+    g_free(manifest);
+    g_free(out);
+    g_free(errout);
+    g_free(n);
+    g_free(q);
+    g_free(dir);
+    g_free(image);
+    g_free(model);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
-    g_test_fail_printf("not written yet");
+    g_test_add_func("/cobra/golden", test_golden);
+    g_test_add_func("/cobra/questions-share-image", test_questions_share_image);
+    g_test_add_func("/cobra/bad-requests", test_bad_requests);
+    g_test_add_func("/cobra/cancel", test_cancel);
+    g_test_add_func("/cobra/f16", test_f16);
+    g_test_add_func("/cobra/q8_0", test_q8_0);
+    g_test_add_func("/cobra/model-errors", test_model_errors);
+    g_test_add_func("/cobra/cli", test_cli);
     return g_test_run();
 }
