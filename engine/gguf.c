@@ -211,13 +211,9 @@ static void decode_scalar(GgufValue *v, const uint8_t *b)
     }
 }
 
-/* An array of strings: pointers are kept as offsets into one buffer until it stops growing. */
+/* An array of v->n strings: pointers are kept as offsets into one buffer until it stops growing. */
 static gboolean read_string_array(Reader *r, GgufValue *v)
 {
-    /* Each string takes at least its 8-byte length in the file. */
-    if (v->n > bytes_left(r) / 8)
-        return fail(r, "array length %zu at offset %zu exceeds what the %zu bytes left in the file "
-                    "can hold", v->n, r->pos - 8, bytes_left(r));
     size_t *offsets = g_new(size_t, v->n + 1);
     GByteArray *buf = g_byte_array_new();
     for (size_t i = 0; i < v->n; i++) {
@@ -253,17 +249,15 @@ static gboolean read_array(Reader *r, GgufValue *v)
     if (!value_type_known(et))
         return fail(r, "unknown array element type %" PRIu32, et);
     v->elem_type = et;
-    if (et == GGUF_TYPE_STRING) {
-        if (n > SIZE_MAX - 1)
-            return fail(r, "array length %" PRIu64 " is too large", n);
-        v->n = n;
-        return read_string_array(r, v);
-    }
-    size_t es = value_type_size(et);
+    /* A string takes at least its 8-byte length in the file. */
+    size_t es = et == GGUF_TYPE_STRING ? 8 : value_type_size(et);
     if (n > bytes_left(r) / es)
-        return fail(r, "array length %" PRIu64 " of %s at offset %zu exceeds the %zu bytes left in "
-                    "the file", n, value_type_names[et], r->pos - 8, bytes_left(r));
+        return fail(r, "array length %" PRIu64 " of %s at offset %zu exceeds what the %zu bytes "
+                    "left in the file can hold", n, value_type_names[et], r->pos - 8,
+                    bytes_left(r));
     v->n = n;
+    if (et == GGUF_TYPE_STRING)
+        return read_string_array(r, v);
     /* At least one byte so that an empty array still has a non-NULL pointer. */
     v->elems = g_malloc(MAX(v->n * es, 1));
     return read_bytes(r, v->elems, v->n * es, "array elements");
@@ -620,16 +614,16 @@ gboolean gguf_get_uint(const GgufFile *f, const char *key, uint64_t max, uint64_
     const GgufValue *v = lookup(f, key, INTEGER_TYPES, 0, "an integer", error);
     if (!v)
         return FALSE;
-    if ((SIGNED_TYPES & (1u << v->type)) ? v->num.i < 0 || (uint64_t)v->num.i > max
-                                         : v->num.u > max) {
-        char *s = (SIGNED_TYPES & (1u << v->type)) ? g_strdup_printf("%" PRId64, v->num.i)
-                                                   : g_strdup_printf("%" PRIu64, v->num.u);
+    gboolean is_signed = (SIGNED_TYPES & (1u << v->type)) != 0;
+    if (is_signed ? v->num.i < 0 || (uint64_t)v->num.i > max : v->num.u > max) {
+        char *s = is_signed ? g_strdup_printf("%" PRId64, v->num.i)
+                            : g_strdup_printf("%" PRIu64, v->num.u);
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
                     "%s: key '%s' has value %s, expected 0..%" PRIu64, f->path, key, s, max);
         g_free(s);
         return FALSE;
     }
-    *out = (SIGNED_TYPES & (1u << v->type)) ? (uint64_t)v->num.i : v->num.u;
+    *out = is_signed ? (uint64_t)v->num.i : v->num.u;
     return TRUE;
 }
 
