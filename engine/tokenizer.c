@@ -174,14 +174,13 @@ static void merge_map_add(MergeMap *m, int32_t left, int32_t right, int32_t rank
     m->merged[i] = merged;
 }
 
-/* Rank of merging left+right (-1 if none); *merged gets the resulting id. */
+/* Rank of merging left+right and (*merged) the resulting id; both -1 if there is no merge. */
 static int32_t merge_lookup(const MergeMap *m, int32_t left, int32_t right, int32_t *merged)
 {
     size_t i = pair_slot(m, pair_key(left, right));
-    if (!m->keys[i])
-        return -1;
-    *merged = m->merged[i];
-    return m->rank[i];
+    gboolean found = m->keys[i] != 0;
+    *merged = found ? m->merged[i] : -1;
+    return found ? m->rank[i] : -1;
 }
 
 /* ---- loading ---- */

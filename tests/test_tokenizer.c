@@ -7,153 +7,39 @@
 #include "support.h"
 #include "tokenizer.h"
 
-/* ---- a JSON reader for the flat fixtures: strings (with \u escapes) and int arrays ---- */
-
-static void skip_ws(const char **p)
-{
-    while (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r')
-        (*p)++;
-}
-
-static gboolean parse_hex4(const char **p, gunichar *out)
-{
-    *out = 0;
-    for (int i = 0; i < 4; i++) {
-        int d = g_ascii_xdigit_value((*p)[i]);
-        if (d < 0)
-            return FALSE;
-        *out = *out * 16 + d;
-    }
-    *p += 4;
-    return TRUE;
-}
-
-/* A JSON string at *p into out (UTF-8); *p moves past it. */
-static gboolean parse_string(const char **p, GString *out)
-{
-    skip_ws(p);
-    if (**p != '"')
-        return FALSE;
-    (*p)++;
-    g_string_truncate(out, 0);
-    while (**p != '"') {
-        char c = *(*p)++;
-        if (c == '\0')
-            return FALSE;
-        if (c != '\\') {
-            g_string_append_c(out, c);
-            continue;
-        }
-        c = *(*p)++;
-        const char *plain = strchr("\"\\/bfnrt", c);
-        if (c && plain) {
-            g_string_append_c(out, "\"\\/\b\f\n\r\t"[plain - "\"\\/bfnrt"]);
-            continue;
-        }
-        gunichar u, lo;
-        if (c != 'u' || !parse_hex4(p, &u))
-            return FALSE;
-        if (u >= 0xD800 && u < 0xDC00) { /* a surrogate pair */
-            if ((*p)[0] != '\\' || (*p)[1] != 'u')
-                return FALSE;
-            *p += 2;
-            if (!parse_hex4(p, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                return FALSE;
-            u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-        }
-        g_string_append_unichar(out, u);
-    }
-    (*p)++;
-    return TRUE;
-}
-
-static gboolean parse_int_array(const char **p, GArray *out)
-{
-    skip_ws(p);
-    if (**p != '[')
-        return FALSE;
-    (*p)++;
-    g_array_set_size(out, 0);
-    skip_ws(p);
-    while (**p != ']') {
-        char *end;
-        gint64 v = g_ascii_strtoll(*p, &end, 10);
-        if (end == *p)
-            return FALSE;
-        int32_t id = (int32_t)v;
-        g_array_append_val(out, id);
-        *p = end;
-        skip_ws(p);
-        if (**p == ',')
-            (*p)++;
-        skip_ws(p);
-    }
-    (*p)++;
-    return TRUE;
-}
-
-/* The string value of the first member named `key` in doc; fails the test if there is none. */
-static char *json_string_member(const char *doc, const char *key)
-{
-    char *quoted = g_strdup_printf("\"%s\"", key);
-    const char *p = strstr(doc, quoted);
-    g_assert_nonnull(p);
-    p += strlen(quoted);
-    skip_ws(&p);
-    g_assert_cmpint(*p, ==, ':');
-    p++;
-    GString *value = g_string_new(NULL);
-    g_assert_true(parse_string(&p, value));
-    g_free(quoted);
-    return g_string_free(value, FALSE);
-}
+/* ---- the cases: one flat JSON object a line ---- */
 
 typedef struct {
     char *text, *decoded, *decoded_skip;
     GArray *ids;
 } Case;
 
-/* One line of cases.jsonl: {"text": .., "ids": [..], "decoded": .., "decoded_skip_special": ..} */
+/* The int array of field "ids" in a line: [1, 2, ...]. */
+static gboolean parse_ids(const char *line, GArray *ids)
+{
+    const char *p = strstr(line, "\"ids\":");
+    if (!p || !(p = strchr(p, '[')))
+        return FALSE;
+    for (p++; *p != ']';) {
+        char *end;
+        gint64 v = g_ascii_strtoll(p, &end, 10);
+        if (end == p)
+            return FALSE;
+        int32_t id = (int32_t)v;
+        g_array_append_val(ids, id);
+        for (p = end; *p == ',' || *p == ' '; p++)
+            ;
+    }
+    return TRUE;
+}
+
 static gboolean parse_case(const char *line, Case *c)
 {
-    const char *p = line;
-    GString *key = g_string_new(NULL), *value = g_string_new(NULL);
-    gboolean ok = FALSE;
+    c->text = test_json_string(line, "text");
+    c->decoded = test_json_string(line, "decoded");
+    c->decoded_skip = test_json_string(line, "decoded_skip_special");
     c->ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    skip_ws(&p);
-    if (*p++ != '{')
-        goto out;
-    for (;;) {
-        if (!parse_string(&p, key))
-            goto out;
-        skip_ws(&p);
-        if (*p++ != ':')
-            goto out;
-        if (strcmp(key->str, "ids") == 0) {
-            if (!parse_int_array(&p, c->ids))
-                goto out;
-        } else {
-            if (!parse_string(&p, value))
-                goto out;
-            char **field = strcmp(key->str, "text") == 0      ? &c->text
-                           : strcmp(key->str, "decoded") == 0 ? &c->decoded
-                           : strcmp(key->str, "decoded_skip_special") == 0 ? &c->decoded_skip
-                                                                           : NULL;
-            if (!field)
-                goto out;
-            *field = g_strndup(value->str, value->len);
-        }
-        skip_ws(&p);
-        if (*p == '}')
-            break;
-        if (*p++ != ',')
-            goto out;
-    }
-    ok = c->text && c->decoded && c->decoded_skip;
-out:
-    g_string_free(key, TRUE);
-    g_string_free(value, TRUE);
-    return ok;
+    return c->text && c->decoded && c->decoded_skip && parse_ids(line, c->ids);
 }
 
 static void case_clear(Case *c)
@@ -166,8 +52,7 @@ static void case_clear(Case *c)
 
 static GArray *load_cases(void)
 {
-    char *path = test_data_path("tokenizer/cases.jsonl"), *doc;
-    g_assert_true(g_file_get_contents(path, &doc, NULL, NULL));
+    char *doc = test_read_text("tokenizer/cases.jsonl");
     GArray *cases = g_array_new(FALSE, TRUE, sizeof(Case));
     g_array_set_clear_func(cases, (GDestroyNotify)case_clear);
     char **lines = g_strsplit(doc, "\n", -1);
@@ -176,13 +61,12 @@ static GArray *load_cases(void)
             continue;
         Case c = { 0 };
         if (!parse_case(lines[i], &c))
-            g_error("%s line %d: cannot parse", path, i + 1);
+            g_error("cases.jsonl line %d: cannot parse", i + 1);
         g_array_append_val(cases, c);
     }
     g_assert_cmpuint(cases->len, >, 100);
     g_strfreev(lines);
     g_free(doc);
-    g_free(path);
     return cases;
 }
 
@@ -425,21 +309,22 @@ static GArray *npy_ids(const char *rel)
  * generated text. */
 static void test_golden(Fixture *fx, gconstpointer data)
 {
-    char *path = test_data_path("tiny/golden/manifest.json"), *doc;
-    g_assert_true(g_file_get_contents(path, &doc, NULL, NULL));
+    char *doc = test_read_text("tiny/golden/manifest.json");
     static const char *const pairs[][2] = {
         { "prompt", "tiny/golden/prompt_ids.npy" },
         { "text_only", "tiny/golden/text_ids.npy" },
     };
     for (guint k = 0; k < G_N_ELEMENTS(pairs); k++) {
-        char *text = json_string_member(doc, pairs[k][0]);
+        char *text = test_json_string(doc, pairs[k][0]);
+        g_assert_nonnull(text);
         GArray *want = npy_ids(pairs[k][1]), *got = encode(fx->tok, text, -1);
         assert_ids(pairs[k][0], got, want);
         g_array_unref(want);
         g_array_unref(got);
         g_free(text);
     }
-    char *generated = json_string_member(doc, "generated_text");
+    char *generated = test_json_string(doc, "generated_text");
+    g_assert_nonnull(generated);
     GArray *ids = npy_ids("tiny/golden/generated_ids.npy");
     char *text = tokenizer_decode(fx->tok, (const int32_t *)ids->data, ids->len, TRUE);
     assert_text("generated_ids", text, generated);
@@ -447,7 +332,6 @@ static void test_golden(Fixture *fx, gconstpointer data)
     g_free(generated);
     g_array_unref(ids);
     g_free(doc);
-    g_free(path);
 }
 
 static void test_facts(Fixture *fx, gconstpointer data)
