@@ -29,7 +29,7 @@ static gboolean get_uint(const GgufFile *f, const char *key, uint64_t min, uint6
     if (!gguf_get_uint(f, key, max, &v, error))
         return FALSE;
     if (v < min) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: key %s is %" G_GUINT64_FORMAT
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: key '%s' is %" G_GUINT64_FORMAT
                     ", must be at least %" G_GUINT64_FORMAT, gguf_path(f), key, v, min);
         return FALSE;
     }
@@ -143,7 +143,7 @@ gboolean vit_load(Vit *vit, const GgufFile *f, const char *prefix, GError **erro
     if (!gguf_get_float(f, key, &eps, error))
         return FALSE;
     if (!(eps > 0 && eps < 1)) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: key %s is %g, must be in (0, 1)",
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: key '%s' is %g, must be in (0, 1)",
                     gguf_path(f), key, eps);
         return FALSE;
     }
@@ -160,21 +160,21 @@ gboolean vit_load(Vit *vit, const GgufFile *f, const char *prefix, GError **erro
     for (int c = 0; c < 3; c++)
         if (!(vit->std[c] > 0) || !isfinite(vit->mean[c]) || !isfinite(vit->std[c])) {
             g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                        "%s: key %s: every std must be finite and positive", gguf_path(f), key);
+                        "%s: key '%s': every std must be finite and positive", gguf_path(f), key);
             return FALSE;
         }
 
     if (vit->dim % vit->n_heads != 0) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                    "%s: key clip.%s.attention.head_count (%d) does not divide "
-                    "clip.%s.embedding_length (%d)",
+                    "%s: key 'clip.%s.attention.head_count' (%d) does not divide "
+                    "'clip.%s.embedding_length' (%d)",
                     gguf_path(f), prefix, vit->n_heads, prefix, vit->dim);
         return FALSE;
     }
     vit->head_dim = vit->dim / vit->n_heads;
     if (feature_layer >= block_count) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                    "%s: key clip.%s.feature_layer (%d) must be below clip.%s.block_count (%d)",
+                    "%s: key 'clip.%s.feature_layer' (%d) must be below 'clip.%s.block_count' (%d)",
                     gguf_path(f), prefix, feature_layer, prefix, block_count);
         return FALSE;
     }
@@ -182,7 +182,8 @@ gboolean vit_load(Vit *vit, const GgufFile *f, const char *prefix, GError **erro
     vit->grid = vit->image_size / vit->patch;
     if (vit->grid < 1) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                    "%s: clip.vision.image_size (%d) is smaller than clip.vision.patch_size (%d)",
+                    "%s: key 'clip.vision.image_size' (%d) is smaller than "
+                    "'clip.vision.patch_size' (%d)",
                     gguf_path(f), vit->image_size, vit->patch);
         return FALSE;
     }
