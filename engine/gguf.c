@@ -165,9 +165,9 @@ static gboolean read_u64(Reader *r, uint64_t *out, const char *what)
     return read_bytes(r, out, sizeof *out, what);
 }
 
-/* A length-prefixed string: *p points at its bytes inside the mapping (not NUL-terminated), which
- * contain no NUL. */
-static gboolean read_string(Reader *r, const char **p, size_t *len, const char *what)
+/* A length-prefixed string, appended to buf with a NUL. The NUL check runs on the copy, so a
+ * concurrent write to the file cannot slip one in after the check. */
+static gboolean read_string_into(Reader *r, GByteArray *buf, const char *what)
 {
     uint64_t n;
     if (!read_u64(r, &n, what))
@@ -175,12 +175,28 @@ static gboolean read_string(Reader *r, const char **p, size_t *len, const char *
     if (n > bytes_left(r))
         return fail(r, "%s length %" PRIu64 " at offset %zu exceeds the %zu bytes left in the file",
                     what, n, r->pos - 8, bytes_left(r));
-    *p = (const char *)r->data + r->pos;
-    *len = n;
-    if (memchr(*p, 0, n))
+    /* GByteArray lengths are guint. */
+    if (n >= G_MAXUINT - buf->len)
+        return fail(r, "%s length %" PRIu64 " at offset %zu: strings over 4 GiB are not supported",
+                    what, n, r->pos - 8);
+    size_t start = buf->len;
+    g_byte_array_append(buf, r->data + r->pos, (guint)n);
+    g_byte_array_append(buf, (const guint8 *)"", 1);
+    if (memchr(buf->data + start, 0, n))
         return fail(r, "%s at offset %zu contains a NUL byte", what, r->pos);
     r->pos += n;
     return TRUE;
+}
+
+/* A length-prefixed string as a new NUL-terminated string, or NULL. */
+static char *read_string(Reader *r, const char *what)
+{
+    GByteArray *buf = g_byte_array_new();
+    if (!read_string_into(r, buf, what)) {
+        g_byte_array_unref(buf);
+        return NULL;
+    }
+    return (char *)g_byte_array_free(buf, FALSE);
 }
 
 static void value_free(gpointer p)
@@ -217,16 +233,12 @@ static gboolean read_string_array(Reader *r, GgufValue *v)
     size_t *offsets = g_new(size_t, v->n + 1);
     GByteArray *buf = g_byte_array_new();
     for (size_t i = 0; i < v->n; i++) {
-        const char *s;
-        size_t len;
-        if (!read_string(r, &s, &len, "array string")) {
+        offsets[i] = buf->len;
+        if (!read_string_into(r, buf, "array string")) {
             g_free(offsets);
             g_byte_array_unref(buf);
             return FALSE;
         }
-        offsets[i] = buf->len;
-        g_byte_array_append(buf, (const guint8 *)s, len);
-        g_byte_array_append(buf, (const guint8 *)"", 1);
     }
     v->strs = (char *)g_byte_array_free(buf, FALSE);
     char **ptrs = g_new(char *, v->n + 1);
@@ -266,12 +278,8 @@ static gboolean read_array(Reader *r, GgufValue *v)
 static gboolean read_value(Reader *r, GgufValue *v)
 {
     if (v->type == GGUF_TYPE_STRING) {
-        const char *s;
-        size_t len;
-        if (!read_string(r, &s, &len, "string value"))
-            return FALSE;
-        v->str = g_strndup(s, len);
-        return TRUE;
+        v->str = read_string(r, "string value");
+        return v->str != NULL;
     }
     if (v->type == GGUF_TYPE_ARRAY)
         return read_array(r, v);
@@ -285,15 +293,16 @@ static gboolean read_value(Reader *r, GgufValue *v)
 static gboolean read_kv(Reader *r, GHashTable *kv, uint64_t index)
 {
     set_context(r, "metadata entry %" PRIu64, index);
-    const char *k;
-    size_t klen;
     uint32_t type;
-    if (!read_string(r, &k, &klen, "key"))
+    char *key = read_string(r, "key");
+    if (!key)
         return FALSE;
-    if (klen == 0)
+    if (!key[0]) {
+        g_free(key);
         return fail(r, "empty key");
+    }
     GgufValue *v = g_new0(GgufValue, 1);
-    v->key = g_strndup(k, klen);
+    v->key = key;
     set_context(r, "key '%.200s'", v->key);
     gboolean ok = FALSE;
     if (g_hash_table_contains(kv, v->key))
@@ -319,14 +328,12 @@ static gboolean read_kv(Reader *r, GHashTable *kv, uint64_t index)
 static gboolean read_tensor_info(Reader *r, GgufTensor *t, uint64_t *offset, uint64_t index)
 {
     set_context(r, "tensor info %" PRIu64, index);
-    const char *s;
-    size_t len;
     uint32_t n_dims, type;
-    if (!read_string(r, &s, &len, "tensor name"))
+    t->name = read_string(r, "tensor name");
+    if (!t->name)
         return FALSE;
-    if (len == 0)
+    if (!t->name[0])
         return fail(r, "empty tensor name");
-    t->name = g_strndup(s, len);
     set_context(r, "tensor '%.200s'", t->name);
     if (!read_u32(r, &n_dims, "n_dims"))
         return FALSE;
