@@ -164,6 +164,8 @@ struct MambaBuffers {
     float *res;   /* [chunk][d]   residual stream */
     float *xn;    /* [chunk][d]   normed input of a layer, then its output */
     float *xz;    /* [chunk][2di] in_proj: x then z */
+    float *xpad;  /* [dc-1+chunk][di] conv inputs: state then x */
+    float *conv_wT; /* [dc][di]   conv weight transposed */
     float *xc;    /* [chunk][di]  SiLU(conv(x)) */
     float *dbc;   /* [chunk][r+2ds] x_proj: dt_low, B, C */
     float *dtl;   /* [chunk][r]   dt_low, contiguous for the dt_proj GEMM */
@@ -180,6 +182,8 @@ MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
     b->res = g_new(float, n * d);
     b->xn = g_new(float, n * d);
     b->xz = g_new(float, n * 2 * di);
+    b->xpad = g_new(float, (m->d_conv - 1 + n) * di);
+    b->conv_wT = g_new(float, (size_t)m->d_conv * di);
     b->xc = g_new(float, n * di);
     b->dbc = g_new(float, n * (r + 2 * ds));
     b->dtl = g_new(float, n * r);
@@ -195,6 +199,8 @@ void mamba_buffers_free(MambaBuffers *b)
     g_free(b->res);
     g_free(b->xn);
     g_free(b->xz);
+    g_free(b->xpad);
+    g_free(b->conv_wT);
     g_free(b->xc);
     g_free(b->dbc);
     g_free(b->dtl);
@@ -211,33 +217,19 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
         mat_get_row(&m->embed, ids[i], out + (size_t)i * m->d_model);
 }
 
-/* xc[t][c] = SiLU(b[c] + Σ_k w[c][k] · x[t-dc+1+k][c]) over the sequence [conv ; x]; then conv
- * keeps the last dc inputs of that sequence, newest last. x has row stride ldx. */
-static void conv1d_silu(float *xc, float *conv, const float *x, size_t ldx, int n, int di, int dc,
-                        const float *w, const float *b)
-{
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < di; c++) {
-        float *st = conv + (size_t)c * dc;
-        const float *wc = w + (size_t)c * dc;
-        for (int t = 0; t < n; t++) {
-            float acc = b[c];
-            for (int k = 0; k < dc; k++) {
-                const int tau = t - dc + 1 + k; /* < 0: from the state */
-                acc += wc[k] * (tau < 0 ? st[dc + tau] : x[(size_t)tau * ldx + c]);
-            }
-            xc[(size_t)t * di + c] = acc / (1.0f + expf(-acc));
-        }
-        /* Ascending k reads st[n + k] before it is overwritten. */
-        for (int k = 0; k < dc; k++) {
-            const int tau = n - dc + k;
-            st[k] = tau < 0 ? st[dc + tau] : x[(size_t)tau * ldx + c];
-        }
-    }
-}
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define PARALLEL_MIN 65536
 
-/* exp(x) to about 1 ulp (max relative error 8e-8) in plain arithmetic, so that the scan loops
- * vectorise; libm's expf is a call per element. Inputs beyond [-87, 88] are clamped. */
+/* The conv and scan kernels are built for the common x86-64 levels, one picked at load time:
+ * the default target has only SSE2. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SIMD_TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SIMD_TARGETS
+#endif
+
+/* exp(x) to about 1 ulp (max relative error 8e-8) in plain arithmetic, so that the conv and scan
+ * loops vectorise; libm's expf is a call per element. Inputs beyond [-87, 88] are clamped. */
 static inline float fast_expf(float x)
 {
     /* The clamp works on the bit pattern: integer min/max vectorise, float ones need
@@ -268,22 +260,56 @@ static inline float fast_expf(float x)
     return p * scale;
 }
 
+static inline float fast_silu(float v)
+{
+    return v / (1.0f + fast_expf(-v));
+}
+
+/* One output row of the causal depthwise conv: out[c] = SiLU(b[c] + Σ_k wT[k][c] win[k][c]),
+ * win[dc][di] = the input rows ending at this token. */
+SIMD_TARGETS
+static void conv_row(float *out, const float *win, const float *wT, const float *b, int di, int dc)
+{
+    for (int c = 0; c < di; c++)
+        out[c] = b[c];
+    for (int k = 0; k < dc; k++)
+        for (int c = 0; c < di; c++)
+            out[c] += wT[(size_t)k * di + c] * win[(size_t)k * di + c];
+    for (int c = 0; c < di; c++)
+        out[c] = fast_silu(out[c]);
+}
+
+/* xc[t][c] = SiLU(conv over [state ; x] + b) for the n tokens x (row stride ldx), then the
+ * state keeps the last dc inputs, newest last. The inputs are laid out time-major in
+ * xpad[dc-1+n][di] (the dc-1 from the state first) so that the channel loop is contiguous. */
+static void conv1d_silu(float *xc, float *conv, const float *x, size_t ldx, int n, int di, int dc,
+                        const float *w, const float *b, float *xpad, float *wT)
+{
+    for (int c = 0; c < di; c++) {
+        for (int k = 0; k < dc; k++)
+            wT[(size_t)k * di + c] = w[(size_t)c * dc + k];
+        for (int k = 0; k < dc - 1; k++)
+            xpad[(size_t)k * di + c] = conv[(size_t)c * dc + k + 1];
+    }
+    for (int t = 0; t < n; t++)
+        memcpy(xpad + (size_t)(dc - 1 + t) * di, x + (size_t)t * ldx, di * sizeof(float));
+#pragma omp parallel for schedule(static) if ((size_t)n * di * dc >= PARALLEL_MIN)
+    for (int t = 0; t < n; t++)
+        conv_row(xc + (size_t)t * di, xpad + (size_t)t * di, wT, b, di, dc);
+    /* The last dc inputs are xpad rows n-1 .. n+dc-2 (n >= 1). */
+    for (int c = 0; c < di; c++)
+        for (int k = 0; k < dc; k++)
+            conv[(size_t)c * dc + k] = xpad[(size_t)(n - 1 + k) * di + c];
+}
+
 /* Channels scanned together: one vector register (AVX-512) or two (AVX2) per state row. */
 #define SCAN_BLOCK 16
-
-/* Build the scan for the common x86-64 levels and pick one at load time (the default target
- * has only SSE2). */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SCAN_TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SCAN_TARGETS
-#endif
 
 /* The selective scan of channels c0 .. c0+cw-1 from state h[c][ds], for t in 0..n-1:
  *   h[k] = exp(dt A[c][k]) h[k] + dt B[t][k] x,  y = (Σ_k h[k] C[t][k] + D[c] x) SiLU(z).
  * Channels are independent and x, dt, z, y are contiguous in c, so the vector loop runs over
  * channels (a block's state transposed to [ds][block]); the time loop is the serial part. */
-SCAN_TARGETS
+SIMD_TARGETS
 static void scan_block(float *y, float *h, const float *x, const float *dt, const float *z,
                        size_t ldz, const float *bc, size_t ldbc, const float *A, const float *D,
                        int n, int di, int ds, int c0, int cw)
@@ -313,7 +339,7 @@ static void scan_block(float *y, float *h, const float *x, const float *dt, cons
             }
         }
         for (int j = 0; j < cw; j++)
-            yt[j] = acc[j] * (zt[j] / (1.0f + fast_expf(-zt[j])));
+            yt[j] = acc[j] * fast_silu(zt[j]);
     }
     for (int k = 0; k < ds; k++)
         for (int j = 0; j < cw; j++)
@@ -325,7 +351,7 @@ static void selective_scan(float *y, float *h, const float *x, const float *dt, 
                            const float *D, int n, int di, int ds)
 {
     const int n_blocks = (di + SCAN_BLOCK - 1) / SCAN_BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)n * di * ds >= PARALLEL_MIN)
     for (int b = 0; b < n_blocks; b++) {
         const int c0 = b * SCAN_BLOCK;
         scan_block(y, h, x, dt, z, ldz, bc, ldbc, A, D, n, di, ds, c0, MIN(SCAN_BLOCK, di - c0));
@@ -341,7 +367,8 @@ static void layer_forward(const Mamba *m, const MambaLayer *l, float *conv, floa
 
     rmsnorm(b->xn, b->res, l->norm, n, d, m->eps);
     matmul(b->xz, b->xn, n, &l->in_proj, NULL, ws);
-    conv1d_silu(b->xc, conv, b->xz, 2 * (size_t)di, n, di, m->d_conv, l->conv_w, l->conv_b);
+    conv1d_silu(b->xc, conv, b->xz, 2 * (size_t)di, n, di, m->d_conv, l->conv_w, l->conv_b, b->xpad,
+                b->conv_wT);
     matmul(b->dbc, b->xc, n, &l->x_proj, NULL, ws);
     for (int t = 0; t < n; t++)
         memcpy(b->dtl + (size_t)t * r, b->dbc + (size_t)t * nbc, r * sizeof(float));
