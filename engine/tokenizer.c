@@ -648,11 +648,47 @@ static void encode_normalized(const Tokenizer *t, Bpe *w, const char *s, size_t 
     split_added(t, w, s, n, TRUE, encode_pretokens, ids);
 }
 
+/* Whether text can be cut before c without changing its NFC: c is a starter that is no mark and
+ * no conjoining jamo, so nothing reorders across it and it composes with nothing before it. */
+static gboolean nfc_boundary(gunichar c)
+{
+    if (c < 0x80)
+        return TRUE;
+    GUnicodeType type = g_unichar_type(c);
+    return g_unichar_combining_class(c) == 0 && type != G_UNICODE_NON_SPACING_MARK &&
+           type != G_UNICODE_SPACING_MARK && type != G_UNICODE_ENCLOSING_MARK &&
+           !(c >= 0x1100 && c <= 0x11FF);
+}
+
+/* NFC of s[0..n) (valid UTF-8), normalised in pieces of about NFC_PIECE bytes cut at
+ * boundaries: GLib's composition step is quadratic in the length it is given. */
+#define NFC_PIECE 256
+
+static void append_nfc(GString *out, const char *s, size_t n)
+{
+    char *piece = g_utf8_normalize(s, n, G_NORMALIZE_NFC);
+    g_string_append(out, piece);
+    g_free(piece);
+}
+
+static GString *normalize_nfc(const char *s, size_t n)
+{
+    GString *out = g_string_sized_new(n);
+    size_t start = 0;
+    for (size_t i = 0; i < n; i = g_utf8_next_char(s + i) - s)
+        if (i - start >= NFC_PIECE && nfc_boundary(g_utf8_get_char(s + i))) {
+            append_nfc(out, s + start, i - start);
+            start = i;
+        }
+    append_nfc(out, s + start, n - start);
+    return out;
+}
+
 static void encode_raw_segment(const Tokenizer *t, Bpe *w, const char *s, size_t n, GArray *ids)
 {
-    char *nfc = g_utf8_normalize(s, n, G_NORMALIZE_NFC);
-    encode_normalized(t, w, nfc, strlen(nfc), ids);
-    g_free(nfc);
+    GString *nfc = normalize_nfc(s, n);
+    encode_normalized(t, w, nfc->str, nfc->len, ids);
+    g_string_free(nfc, TRUE);
 }
 
 gboolean tokenizer_encode(const Tokenizer *t, const char *text, gssize len, GArray *ids,
