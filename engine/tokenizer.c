@@ -57,7 +57,8 @@ static void byte_chars(gunichar byte_char[256])
 
 /* A token string back to bytes as HF's ByteLevel decoder does: through the alphabet when every
  * character belongs to it, else the string's own UTF-8 (added tokens like "  " are stored raw). */
-static void token_to_bytes(const char *s, const int16_t char_byte[BYTE_CHAR_LIMIT], GByteArray *out)
+static void token_to_bytes(const char *s, const int16_t char_byte[BYTE_CHAR_LIMIT],
+                           GByteArray *out)
 {
     guint start = out->len;
     for (const char *p = s; *p; p = g_utf8_next_char(p)) {
@@ -537,8 +538,8 @@ static CharClass char_class(gunichar c)
     }
 }
 
-/* Class of the character at s[i] (end = n); *next gets the index after it. */
-static CharClass class_at(const char *s, size_t i, size_t n, size_t *next)
+/* Class of the character at s[i]; *next gets the index after it. */
+static CharClass class_at(const char *s, size_t i, size_t *next)
 {
     *next = g_utf8_next_char(s + i) - s;
     return char_class(g_utf8_get_char(s + i));
@@ -548,7 +549,7 @@ static CharClass class_at(const char *s, size_t i, size_t n, size_t *next)
 static size_t run_end(const char *s, size_t i, size_t n, CharClass cls)
 {
     size_t next;
-    while (i < n && class_at(s, i, n, &next) == cls)
+    while (i < n && class_at(s, i, &next) == cls)
         i = next;
     return i;
 }
@@ -573,10 +574,10 @@ static size_t pretoken_len(const char *s, size_t i, size_t n)
     if (len)
         return len;
     size_t after;
-    CharClass cls = class_at(s, i, n, &after);
+    CharClass cls = class_at(s, i, &after);
     if (s[i] == ' ' && after < n) { /* " ?" before a letter, number or other run */
         size_t after2;
-        CharClass next_cls = class_at(s, after, n, &after2);
+        CharClass next_cls = class_at(s, after, &after2);
         if (next_cls != CLASS_SPACE)
             return run_end(s, after, n, next_cls) - i;
     }
