@@ -83,8 +83,9 @@ gboolean npy_load(const char *path, Npy *out, GError **error)
             p = end;
         }
     }
+    gboolean shape_ok = p && *p == ')';
     g_free(hdr);
-    if (!p || *p != ')' || out->elem_size == 0) {
+    if (!shape_ok || out->elem_size == 0) {
         fail(error, path, "malformed shape or dtype");
         goto out;
     }
