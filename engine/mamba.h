@@ -45,7 +45,9 @@ void mamba_state_reset(MambaState *s, const Mamba *m);  /* zero */
 void mamba_state_copy(MambaState *dst, const MambaState *src, const Mamba *m);
 void mamba_state_free(MambaState *s);
 
-/* Activations, allocated once per session; prefill runs in chunks of at most max_chunk tokens. */
+/* Activations, allocated once per session; prefill runs in chunks of at most max_chunk tokens
+ * (memory ~ max_chunk * 7 d_inner floats; a few hundred keeps the GEMMs efficient). The Workspace
+ * given to mamba_forward must be sized for mamba_max_cols(m) columns and max_chunk rows. */
 typedef struct MambaBuffers MambaBuffers;
 MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk);
 void mamba_buffers_free(MambaBuffers *b);
