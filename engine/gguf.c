@@ -230,7 +230,7 @@ static void decode_scalar(GgufValue *v, const uint8_t *b)
 /* An array of v->n strings: pointers are kept as offsets into one buffer until it stops growing. */
 static gboolean read_string_array(Reader *r, GgufValue *v)
 {
-    size_t *offsets = g_new(size_t, v->n + 1);
+    size_t *offsets = g_new(size_t, v->n);
     GByteArray *buf = g_byte_array_new();
     for (size_t i = 0; i < v->n; i++) {
         offsets[i] = buf->len;

@@ -5,7 +5,8 @@
  * tensor dims, types, offsets and sizes (overflow-safe), alignment and duplicate names. After it
  * succeeds every GgufTensor's data lies inside the mapping. Errors name the file and the part
  * at fault. Tensor data is never copied; metadata strings and arrays are copied at open so they
- * are NUL-terminated and aligned.
+ * are NUL-terminated and aligned. general.alignment, if present, must be a uint32 power of two
+ * in 4..4096 (default 32), so that tensor pointers are aligned as well as file offsets.
  */
 #ifndef COBRA_GGUF_H
 #define COBRA_GGUF_H
