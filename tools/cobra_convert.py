@@ -291,15 +291,16 @@ def aa_bicubic_matrix(in_size, out_size):
     along one axis, with the window arithmetic of PyTorch's _compute_weights_aa."""
     scale = in_size / out_size
     support = 2.0 * max(scale, 1.0)
+    max_taps = 2 * int(np.ceil(support)) + 1
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
     weights = np.zeros((out_size, in_size))
     for i in range(out_size):
         center = scale * (i + 0.5)
         xmin = max(int(center - support + 0.5), 0)      # int() truncates like the C++ cast
-        xmax = min(int(center + support + 0.5), in_size)
-        w = _cubic((np.arange(xmin, xmax) - center + 0.5) * invscale)
+        xsize = min(max(min(int(center + support + 0.5), in_size) - xmin, 0), max_taps)
+        w = _cubic((np.arange(xmin, xmin + xsize) - center + 0.5) * invscale)
         total = w.sum()
-        weights[i, xmin:xmax] = w / total if total != 0 else w
+        weights[i, xmin:xmin + xsize] = w / total if total != 0 else w
     return weights
 
 
