@@ -574,8 +574,7 @@ gst_cobra_vlm_load_model (GstCobraVlm * self)
   model = cobra_model_load (path, &err);
   if (model == NULL) {
     GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
-        ("Could not load the model file \"%s\": %s", path, err->message),
-        ("%s", err->message));
+        ("Could not load the model file \"%s\": %s", path, err->message), (NULL));
     g_error_free (err);
     g_free (path);
     return FALSE;
@@ -1000,6 +999,8 @@ text_flush (GstCobraVlm * self, GstEvent * event)
   pad = self->text_pad ? gst_object_ref (self->text_pad) : NULL;
   self->text_flushing = start;
   text_queue_clear_locked (self);
+  /* the queue may have held the stream start; sending it again is harmless */
+  self->text_started = FALSE;
   g_cond_signal (&self->text_cond);
   g_mutex_unlock (&self->text_lock);
   if (pad == NULL)
