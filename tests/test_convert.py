@@ -386,8 +386,10 @@ def write_torch_zip(path, obj, archive="archive"):
     storages = []
 
     def wrap(o):
-        if isinstance(o, dict):
-            return {k: wrap(v) for k, v in o.items()}
+        if isinstance(o, dict):   # as state_dict() makes them: OrderedDict with _metadata
+            d = collections.OrderedDict((k, wrap(v)) for k, v in o.items())
+            d._metadata = collections.OrderedDict({"": {"version": 1}})
+            return d
         if isinstance(o, np.ndarray):
             o = Strided.contiguous(np.ascontiguousarray(o, dtype="<f4"))
         if isinstance(o, Strided):
@@ -415,6 +417,18 @@ def write_torch_zip(path, obj, archive="archive"):
         zf.writestr(f"{archive}/byteorder", "little")
         for i, array in enumerate(storages):
             zf.writestr(f"{archive}/data/{i}", array.tobytes())
+
+
+def write_safetensors(path, tensors):
+    """name -> (safetensors dtype, little-endian array of that dtype's bytes)."""
+    header, offset, blobs = {}, 0, []
+    for name, (dtype, array) in tensors.items():
+        data = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    head = json.dumps(header).encode()
+    Path(path).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
 
 
 def cobra_folder(tmp, name, checkpoint):
@@ -496,6 +510,19 @@ def test_quantizer():
     check("Q8_0 rounds ties away from zero", np.array_equal(blocks["qs"][0], want_q),
           str(blocks["qs"][0][:7]))
     check("Q8_0 all-zero block quantises to zeros", not blocks["qs"][1].any())
+
+
+def test_source_dtypes(tmp):
+    """F16 and BF16 sources read back as their float values."""
+    values = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 11.5) / 8   # exact in f16 and bf16
+    bf16 = (values.view(np.uint32) >> 16).astype("<u2")
+    write_safetensors(tmp / "dtypes.safetensors", {"half": ("F16", values.astype("<f2")),
+                                                   "brain": ("BF16", bf16)})
+    read = cobra_convert.read_checkpoint(tmp / "dtypes.safetensors")
+    for name in ("half", "brain"):
+        got = np.asarray(read[name].numpy(), dtype=np.float32)
+        check(f"safetensors {read[name].dtype} source reads as its values",
+              got.shape == values.shape and np.array_equal(got, values))
 
 
 def test_lm_head(tmp, src, base):
@@ -600,6 +627,7 @@ def main():
         guarded("source readers", test_sources_agree, src)
         guarded("resampler", test_resampler)
         guarded("quantizer", test_quantizer)
+        guarded("source dtypes", test_source_dtypes, tmp)
         base = gguf_io.GGUFReader(models / "tiny-f32.gguf")
         guarded("lm_head", test_lm_head, tmp, src, base)
         guarded("key spellings", test_spellings, tmp, src, base)

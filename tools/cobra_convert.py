@@ -95,6 +95,11 @@ class _StorageType:
         self.name = name
 
 
+class _StateDict(dict):
+    """Stands in for OrderedDict: a dict that accepts the `_metadata` attribute that
+    state_dict() attaches and the pickle restores with BUILD."""
+
+
 class _Storage:
     def __init__(self, path, offset, dtype, numel):
         self.path, self.offset, self.dtype, self.numel = path, offset, dtype, numel
@@ -132,7 +137,7 @@ class _TensorUnpickler(pickle.Unpickler):
         if module == "torch._utils" and name == "_rebuild_parameter":
             return lambda data, requires_grad, backward_hooks: data
         if module == "collections" and name == "OrderedDict":
-            return dict
+            return _StateDict
         if module == "torch" and name.endswith("Storage"):
             return _StorageType(name)
         raise ConvertError(f"{self.path}: unexpected pickle content: global {module}.{name} "
@@ -367,7 +372,8 @@ def tower_hparams(arch, model_args, config_path):
 
 def load_tower(folder):
     """A tower from a timm folder (config.json + model.safetensors) or an open_clip folder
-    (open_clip_config.json + open_clip_pytorch_model.bin; vision keys under visual.trunk.)."""
+    (open_clip_config.json + open_clip_model.safetensors or open_clip_pytorch_model.bin; vision
+    keys under visual.trunk.)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConvertError(f"{folder}: missing folder")
@@ -379,7 +385,9 @@ def load_tower(folder):
         mean = json_field(cfg, ["preprocess_cfg", "mean"], open_clip_cfg)
         std = json_field(cfg, ["preprocess_cfg", "std"], open_clip_cfg)
         hparams = tower_hparams(arch, vision.get("model_args"), open_clip_cfg)
-        path = folder / "open_clip_pytorch_model.bin"
+        path = folder / "open_clip_model.safetensors"
+        if not path.is_file():
+            path = folder / "open_clip_pytorch_model.bin"
         prefix = "visual.trunk."
         state = read_checkpoint(path)
         tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
