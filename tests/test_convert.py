@@ -58,12 +58,14 @@ def guarded(name, fn, *args):
 
 
 def convert(out, cobra=TINY / "cobra", dino=TINY / "dino", siglip=TINY / "siglip",
-            outtype="f32"):
-    """Run the converter as a user would; returns (exit code, stderr)."""
+            outtype="f32", quiet=True):
+    """Run the converter as a user would; returns (exit code, stderr), or with quiet=False
+    (exit code, stderr, stdout)."""
     proc = subprocess.run([sys.executable, str(CONVERTER), "--cobra", str(cobra), "--dino", str(dino),
                            "--siglip", str(siglip), "--tokenizer", str(TOKENIZER), "-o", str(out),
-                           "--outtype", outtype, "--quiet"], capture_output=True, text=True)
-    return proc.returncode, proc.stderr
+                           "--outtype", outtype] + (["--quiet"] if quiet else []),
+                          capture_output=True, text=True)
+    return (proc.returncode, proc.stderr) if quiet else (proc.returncode, proc.stderr, proc.stdout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,6 +543,31 @@ def test_lm_head(tmp, src, base):
               out is not None and np.array_equal(out.numpy(), head))
 
 
+def test_progress(tmp):
+    rc, err, out = convert(tmp / "progress.gguf", outtype="q8_0", quiet=False)
+    lines = out.splitlines()
+    groups = [g for g in ("dino", "siglip", "projector", "mamba")
+              if not any(line.startswith(g + ":") and "tensors" in line for line in lines)]
+    check("without --quiet: a line per tensor group", rc == 0 and not groups, f"missing {groups}")
+    summary = lines[-1] if lines else ""
+    check("without --quiet: a summary of params, bytes and types",
+          all(w in summary for w in ("params", "bytes", "F32", "F16", "Q8_0")), summary)
+
+
+def test_open_clip_safetensors(tmp, base):
+    """open_clip folders also ship open_clip_model.safetensors (same visual.trunk. keys)."""
+    folder = tmp / "siglip-open-clip-safetensors"
+    folder.mkdir()
+    shutil.copy(TINY / "siglip/open_clip_config.json", folder)
+    state = numpy_tree(cobra_convert.read_checkpoint(TINY / "siglip/open_clip_pytorch_model.bin"))
+    write_safetensors(folder / "open_clip_model.safetensors",
+                      {k: ("F32", v.astype("<f4")) for k, v in state.items()})
+    rc, err = convert(tmp / "oc-st.gguf", siglip=folder)
+    if check("open_clip packaging with open_clip_model.safetensors converts", rc == 0, err.strip()):
+        diff = same_tensors(gguf_io.GGUFReader(tmp / "oc-st.gguf"), base)
+        check("open_clip safetensors gives the same tensors", not diff, str(diff[:5]))
+
+
 def test_spellings(tmp, src, base):
     lm = src["cobra"]["model"]["llm_backbone"]
     spellings = {
@@ -631,6 +658,8 @@ def main():
         base = gguf_io.GGUFReader(models / "tiny-f32.gguf")
         guarded("lm_head", test_lm_head, tmp, src, base)
         guarded("key spellings", test_spellings, tmp, src, base)
+        guarded("open_clip safetensors", test_open_clip_safetensors, tmp, base)
+        guarded("progress", test_progress, tmp)
         guarded("errors", test_errors, tmp, src)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed or not passed else 0
