@@ -842,6 +842,22 @@ static void test_shared_model(void)
     g_string_free(desc, TRUE);
 }
 
+/* Deletes a temporary directory and the files in it. */
+static void remove_dir(const char *dir)
+{
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        char *path = g_build_filename(dir, name, NULL);
+        g_unlink(path);
+        g_free(path);
+    }
+    if (d)
+        g_dir_close(d);
+    g_rmdir(dir);
+}
+
 /* A bad model file fails NULL -> READY with an element error naming the file. */
 static void expect_load_error(const char *path)
 {
@@ -888,9 +904,7 @@ static void test_bad_models(void)
     expect_load_error(empty);
     expect_load_error(NULL);
 
-    g_unlink(truncated);
-    g_unlink(empty);
-    g_rmdir(dir);
+    remove_dir(dir);
     g_free(contents);
     g_free(missing);
     g_free(truncated);
@@ -906,18 +920,21 @@ static void test_pipeline_script(gconstpointer data)
     char *src = g_path_get_dirname(root);
     char *path = g_build_filename(src, "pipelines", script, NULL);
     char *dir = g_dir_make_tmp("cobravlm-pipe-XXXXXX", NULL);
-    char *argv[] = {"/bin/sh", path, NULL};
+    char *argv[] = {path, NULL};
     char **env = g_get_environ();
     char *out = NULL, *err = NULL;
     int status;
 
     env = g_environ_setenv(env, "COBRA_MODEL", model_file, TRUE);
     env = g_environ_setenv(env, "OUT_DIR", dir, TRUE);
+    env = g_environ_setenv(env, "COBRA_THREADS", G_STRINGIFY(N_THREADS), TRUE);
     g_assert_true(g_spawn_sync(dir, argv, env, G_SPAWN_DEFAULT, NULL, NULL, &out, &err, &status,
                                NULL));
     g_test_message("%s stdout:\n%s\nstderr:\n%s", script, out, err);
     g_assert_true(g_spawn_check_wait_status(status, NULL));
-    g_assert_true(strstr(out, "text") != NULL || strstr(out, "-->") != NULL);
+    /* JSON lines, or the .srt file */
+    g_assert_true(g_str_has_prefix(out, "{\"element\": ") || strstr(out, " --> ") != NULL);
+    remove_dir(dir);
 
     g_free(root);
     g_free(src);
@@ -945,6 +962,13 @@ int main(int argc, char **argv)
     g_test_add_func("/element/state-cycles", test_state_cycles);
     g_test_add_func("/element/shared-model", test_shared_model);
     g_test_add_func("/element/bad-models", test_bad_models);
+    static const char *scripts[] = {"camera-captions.sh", "file-to-srt.sh", "network-stream.sh",
+                                    "captions-json.sh", "multi-stream.sh"};
+    for (guint i = 0; i < G_N_ELEMENTS(scripts); i++) {
+        char *name = g_strconcat("/element/pipelines/", scripts[i], NULL);
+        g_test_add_data_func(name, scripts[i], test_pipeline_script);
+        g_free(name);
+    }
     int ret = g_test_run();
     g_free(model_file);
     return ret;
