@@ -165,6 +165,9 @@ struct _GstCobraVlm
   guint64 seq;
   GQueue done;                  /* of GstStructure results not yet published */
 
+  /* the thread running jobs: the last over-long question warned about */
+  gchar *truncated_question;
+
   /* streaming-thread state */
   CobraPixelFormat format;
   CobraYuvMatrix yuv_matrix;
@@ -814,6 +817,14 @@ run_job (GstCobraVlm * self, const Job * job)
     }
 
     cobra_session_get_timings (self->session, &timings);
+    if (timings.n_prompt_truncated > 0
+        && g_strcmp0 (self->truncated_question, q->question) != 0) {
+      GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
+          ("The question is too long for the model: %d of its tokens were dropped.",
+              timings.n_prompt_truncated), ("question: %s", q->question));
+      g_free (self->truncated_question);
+      self->truncated_question = g_strdup (q->question);
+    }
     result = gst_structure_new ("cobravlm",
         "text", G_TYPE_STRING, answer,
         "prompt", G_TYPE_STRING, q->question,
@@ -1281,6 +1292,7 @@ gst_cobra_vlm_stop (GstBaseTransform * trans)
   g_clear_pointer (&self->session, cobra_session_free);
   g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
   g_clear_pointer (&self->latest, gst_structure_free);
+  g_clear_pointer (&self->truncated_question, g_free);
   GST_OBJECT_LOCK (self);
   g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
   GST_OBJECT_UNLOCK (self);

@@ -2,6 +2,7 @@
  * against the golden run, its properties, sampling, the three ways results leave, flushing,
  * EOS, state changes while generating, shared models, bad models, and the pipelines/ scripts. */
 #include <glib/gstdio.h>
+#include <gst/app/gstappsink.h>
 #include <gst/check/gstharness.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
@@ -842,6 +843,84 @@ static void test_shared_model(void)
     g_string_free(desc, TRUE);
 }
 
+/* A question longer than the model's context is cut to fit with one warning, not an error. */
+static void test_long_prompt(void)
+{
+    GString *prompt = g_string_new(NULL);
+    GstVideoInfo info;
+    GstMessage *msg;
+    Rig r;
+
+    for (int i = 0; i < 3000; i++)
+        g_string_append(prompt, "why ");
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 32, 24);
+    rig_init(&r, make_vlm("async", FALSE, "max-tokens", 4, "prompt", prompt->str, NULL), &info,
+             FALSE);
+    for (guint i = 0; i < 2; i++) {
+        GstBuffer *out = push_pull(&r, make_frame(&info, i, i * GST_SECOND));
+        g_assert_true(is_fresh(out));
+        gst_buffer_unref(out);
+    }
+    msg = gst_bus_pop_filtered(r.bus, GST_MESSAGE_WARNING | GST_MESSAGE_ERROR);
+    g_assert_nonnull(msg);
+    g_assert_cmpint(GST_MESSAGE_TYPE(msg), ==, GST_MESSAGE_WARNING);
+    gst_message_unref(msg);
+    g_assert_null(gst_bus_pop_filtered(r.bus, GST_MESSAGE_WARNING | GST_MESSAGE_ERROR));
+    rig_clear(&r);
+    g_string_free(prompt, TRUE);
+}
+
+typedef struct {
+    guint frames, with_text;
+} Overlaid;
+
+/* Counts frames, and those that are not all black: the test pattern is black, so any other
+ * pixel is drawn text. */
+static GstFlowReturn count_overlaid(GstAppSink *sink, gpointer data)
+{
+    Overlaid *o = data;
+    GstSample *sample = gst_app_sink_pull_sample(sink);
+    GstMapInfo map;
+
+    gst_buffer_map(gst_sample_get_buffer(sample), &map, GST_MAP_READ);
+    for (gsize i = 0; i < map.size; i++) {
+        if (map.data[i]) {
+            o->with_text++;
+            break;
+        }
+    }
+    gst_buffer_unmap(gst_sample_get_buffer(sample), &map);
+    o->frames++;
+    gst_sample_unref(sample);
+    return GST_FLOW_OK;
+}
+
+/* text_src straight into textoverlay (no queue), async and not: every frame comes out, and the
+ * captions are drawn. */
+static void test_textoverlay(gconstpointer data)
+{
+    gboolean async = GPOINTER_TO_INT(data);
+    char *desc = g_strdup_printf(
+        "videotestsrc num-buffers=20 pattern=black ! "
+        "video/x-raw,format=RGB,width=160,height=120,framerate=10/1 ! "
+        "cobravlm name=vlm model-file=%s n-threads=%d max-tokens=8 async=%d ! "
+        "textoverlay name=ov wait-text=false ! "
+        "appsink name=out emit-signals=true sync=%d  vlm.text_src ! ov.text_sink",
+        model_file, N_THREADS, async, async);
+    GstElement *p = launch(desc);
+    GstElement *sink = gst_bin_get_by_name(GST_BIN(p), "out");
+    Overlaid o = {0};
+
+    g_signal_connect(sink, "new-sample", G_CALLBACK(count_overlaid), &o);
+    g_hash_table_unref(run_to_eos(p));
+    g_test_message("%u frames, %u with text", o.frames, o.with_text);
+    g_assert_cmpuint(o.frames, ==, 20);
+    g_assert_cmpuint(o.with_text, >, 0);
+    gst_object_unref(sink);
+    gst_object_unref(p);
+    g_free(desc);
+}
+
 /* Deletes a temporary directory and the files in it. */
 static void remove_dir(const char *dir)
 {
@@ -962,6 +1041,9 @@ int main(int argc, char **argv)
     g_test_add_func("/element/state-cycles", test_state_cycles);
     g_test_add_func("/element/shared-model", test_shared_model);
     g_test_add_func("/element/bad-models", test_bad_models);
+    g_test_add_func("/element/long-prompt", test_long_prompt);
+    g_test_add_data_func("/element/textoverlay/sync", GINT_TO_POINTER(FALSE), test_textoverlay);
+    g_test_add_data_func("/element/textoverlay/async", GINT_TO_POINTER(TRUE), test_textoverlay);
     static const char *scripts[] = {"camera-captions.sh", "file-to-srt.sh", "network-stream.sh",
                                     "captions-json.sh", "multi-stream.sh"};
     for (guint i = 0; i < G_N_ELEMENTS(scripts); i++) {
