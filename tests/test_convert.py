@@ -199,7 +199,8 @@ def expected_metadata(man, outtype):
         "clip.projector_type": ((STR, None), "fused-gelu-mlp"),
     }
     norm = {"dino": dino_cfg["pretrained_cfg"], "siglip": clip_cfg["preprocess_cfg"]}
-    arch = {"dino": dino_cfg["architecture"], "siglip": clip_cfg["model_cfg"]["vision_cfg"]["timm_model_name"]}
+    arch = {"dino": dino_cfg["architecture"],
+            "siglip": clip_cfg["model_cfg"]["vision_cfg"]["timm_model_name"]}
     for t in ("dino", "siglip"):
         p, k = tower_params(man[t]), f"clip.{t}."
         kv.update({
@@ -262,7 +263,8 @@ def values_match(info, expected, rel_tol):
     # the stored scale is f16-rounded (relative 2^-11); q (up to 127) was found with the f32 scale
     bound = d * (0.5 + 127 * 2.0 ** -11) * (1 + 1e-6)
     err = np.abs(got.reshape(-1, 32) - blocks)
-    return bool((err <= bound[:, None]).all()), f"max error/d {(err / np.maximum(d, 1e-30)[:, None]).max():.3f}"
+    worst = (err / np.maximum(d, 1e-30)[:, None]).max()
+    return bool((err <= bound[:, None]).all()), f"max error/d {worst:.3f}"
 
 
 def check_tokenizer(tag, kv):
@@ -426,7 +428,8 @@ def write_safetensors(path, tensors):
     header, offset, blobs = {}, 0, []
     for name, (dtype, array) in tensors.items():
         data = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": dtype, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
         blobs.append(data)
     head = json.dumps(header).encode()
