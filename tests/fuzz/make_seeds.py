@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Writes the fuzzers' seed corpora, tests/fuzz/corpus/<surface>/ (committed; rerun only to change
+them).
+
+gguf: the smallest complete Cobra model (4x4 images, 2x2 patches, 4-wide layers, a 262-token
+vocabulary: every tensor and key the loaders read, in F32, F16 and Q8_0), a copy of it with a
+wrong architecture, and copies cut short in the header, the metadata, the tensor table and the
+data. The tiny test model (4-9 MB) would be too big a seed: mutations would land in tensor data.
+tokenizer: texts from tests/data/tokenizer/cases.jsonl, and the ids of some cases as 16-bit ids.
+image: one small frame per pixel format, odd sizes and padded strides among them.
+
+    /usr/bin/python3 tests/fuzz/make_seeds.py
+"""
+
+import json
+import pathlib
+import struct
+import sys
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gguf_io as g  # noqa: E402
+from cobra_convert import EOS_TOKEN, PROMPT_TEMPLATE  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# gguf
+# ---------------------------------------------------------------------------------------------
+
+IMAGE, PATCH = 4, 2
+GRID2 = (IMAGE // PATCH) ** 2
+TOWERS = {  # name: width, MLP width, heads, stored blocks, register tokens, class token, LayerScale
+    "dino": (4, 8, 2, 1, 1, True, True),
+    "siglip": (4, 6, 1, 1, 0, False, False),
+}
+D_MODEL, D_INNER, D_STATE, D_CONV, DT_RANK = 4, 8, 2, 2, 1
+MERGES = ["Ġ t", "h e", "Ġt he", "i s", "Ġ is", "Ġ i", "Ġi t"]
+
+
+def byte_chars():
+    """GPT-2's byte -> character map, as the engine's tokenizer builds it."""
+    printable = [b for b in range(256)
+                 if ord("!") <= b <= ord("~") or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def vocabulary():
+    """(tokens, types): a special end token, the 256 byte tokens, the merged tokens, an added
+    user token and an unused slot, so every token type the loader knows occurs."""
+    merged = ["".join(m.split(" ")) for m in MERGES]
+    tokens = [EOS_TOKEN] + byte_chars() + merged + ["<|assistant|>", "[PAD0]"]
+    types = [3] + [1] * (256 + len(merged)) + [4, 5]
+    return tokens, types
+
+
+class Tensors:
+    """Tensor declarations for the writer, with small seeded random values."""
+
+    def __init__(self, writer):
+        self.w = writer
+        self.rng = np.random.default_rng(7)
+
+    def add(self, name, shape, ggml_type=g.F32, value=None):
+        data = (np.full(shape, value, dtype=np.float32) if value is not None
+                else (0.2 * self.rng.standard_normal(shape)).astype(np.float32))
+        self.w.add_tensor(name, shape, ggml_type, lambda: data)
+
+
+def add_tower(w, t, name, width, mlp, heads, blocks, regs, cls, layer_scale):
+    k = f"clip.{name}."
+    w.add_uint32(k + "embedding_length", width)
+    w.add_uint32(k + "feed_forward_length", mlp)
+    w.add_uint32(k + "attention.head_count", heads)
+    w.add_float32(k + "attention.layer_norm_epsilon", 1e-6)
+    w.add_uint32(k + "block_count", blocks + 1)  # the block after the feature layer is not stored
+    w.add_uint32(k + "feature_layer", blocks - 1)
+    w.add_uint32(k + "n_register_tokens", regs)
+    w.add_bool(k + "has_class_token", cls)
+    w.add_array(k + "image_mean", g.T_FLOAT32, [0.5, 0.5, 0.5])
+    w.add_array(k + "image_std", g.T_FLOAT32, [0.25, 0.5, 0.75])
+    t.add(name + ".patch_embd.weight", (width, 3 * PATCH * PATCH))
+    t.add(name + ".patch_embd.bias", (width,))
+    t.add(name + ".position_embd.weight", (GRID2, width))
+    if cls:
+        t.add(name + ".class_embd", (width,))
+    if regs:
+        t.add(name + ".reg_embd", (regs, width))
+    for i in range(blocks):
+        b = f"{name}.blk.{i}."
+        for norm in ("ln1", "ln2"):
+            t.add(b + norm + ".weight", (width,), value=1.0)
+            t.add(b + norm + ".bias", (width,))
+        t.add(b + "attn_qkv.weight", (3 * width, width), g.F16)
+        t.add(b + "attn_qkv.bias", (3 * width,))
+        t.add(b + "attn_out.weight", (width, width))
+        t.add(b + "attn_out.bias", (width,))
+        t.add(b + "ffn_up.weight", (mlp, width))
+        t.add(b + "ffn_up.bias", (mlp,))
+        t.add(b + "ffn_down.weight", (width, mlp))
+        t.add(b + "ffn_down.bias", (width,))
+        if layer_scale:
+            t.add(b + "ls1.weight", (width,))
+            t.add(b + "ls2.weight", (width,))
+
+
+def add_projector(t, fused):
+    t.add("mm.0.weight", (4 * fused, fused))
+    t.add("mm.0.bias", (4 * fused,))
+    t.add("mm.2.weight", (D_MODEL, 4 * fused), g.Q8_0)  # 32 inputs: one Q8_0 block per row
+    t.add("mm.2.bias", (D_MODEL,))
+    t.add("mm.4.weight", (D_MODEL, D_MODEL), g.F16)
+    t.add("mm.4.bias", (D_MODEL,))
+
+
+def add_mamba(w, t, vocab):
+    for key, value in [("context_length", 64), ("embedding_length", D_MODEL), ("block_count", 1),
+                       ("ssm.conv_kernel", D_CONV), ("ssm.inner_size", D_INNER),
+                       ("ssm.state_size", D_STATE), ("ssm.time_step_rank", DT_RANK),
+                       ("vocab_size", vocab)]:
+        w.add_uint32("mamba." + key, value)
+    w.add_float32("mamba.attention.layer_norm_rms_epsilon", 1e-5)
+    t.add("token_embd.weight", (vocab, D_MODEL))
+    t.add("output_norm.weight", (D_MODEL,), value=1.0)
+    t.add("blk.0.attn_norm.weight", (D_MODEL,), value=1.0)
+    t.add("blk.0.ssm_in.weight", (2 * D_INNER, D_MODEL))
+    t.add("blk.0.ssm_conv1d.weight", (D_INNER, D_CONV))
+    t.add("blk.0.ssm_conv1d.bias", (D_INNER,))
+    t.add("blk.0.ssm_x.weight", (DT_RANK + 2 * D_STATE, D_INNER))
+    t.add("blk.0.ssm_dt.weight", (D_INNER, DT_RANK))
+    t.add("blk.0.ssm_dt.bias", (D_INNER,))
+    t.add("blk.0.ssm_a", (D_INNER, D_STATE), value=-1.0)
+    t.add("blk.0.ssm_d", (D_INNER,), value=1.0)
+    t.add("blk.0.ssm_out.weight", (D_MODEL, D_INNER), g.F16)
+
+
+def write_model(path, arch="cobra"):
+    w = g.GGUFWriter()
+    t = Tensors(w)
+    w.add_string("general.architecture", arch)
+    w.add_string("general.name", "cobra-fuzz-seed")
+    w.add_uint32("general.alignment", w.alignment)
+    w.add_string("cobra.image_resize_strategy", "resize-naive")
+    w.add_string("cobra.prompt_template", PROMPT_TEMPLATE)
+    w.add_uint32("clip.vision.image_size", IMAGE)
+    w.add_uint32("clip.vision.patch_size", PATCH)
+    w.add_array("clip.vision.feature_order", g.T_STRING, list(TOWERS))
+    for name, hparams in TOWERS.items():
+        add_tower(w, t, name, *hparams)
+    add_projector(t, sum(h[0] for h in TOWERS.values()))
+    tokens, types = vocabulary()
+    add_mamba(w, t, len(tokens))
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_array("tokenizer.ggml.tokens", g.T_STRING, tokens)
+    w.add_array("tokenizer.ggml.token_type", g.T_INT32, types)
+    w.add_array("tokenizer.ggml.merges", g.T_STRING, MERGES)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 0)
+    w.write(path)
+
+
+def gguf_seeds(out):
+    model = out / "minimal.gguf"
+    write_model(model)
+    write_model(out / "wrong-architecture.gguf", arch="mamba")
+    data = model.read_bytes()
+    r = g.GGUFReader(model)
+    first_tensor = min(t.offset for t in r.tensors.values())
+    cuts = {"header": 24, "metadata": 200, "tensor-table": r.data_start - 64,
+            "data": first_tensor + (len(data) - first_tensor) // 2}
+    for what, n in cuts.items():
+        (out / f"truncated-{what}.gguf").write_bytes(data[:n])
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer
+# ---------------------------------------------------------------------------------------------
+
+def fuzz_ids(ids):
+    return b"".join(struct.pack("<H", n + 8) for n in ids)  # the fuzzer subtracts 8
+
+
+def tokenizer_seeds(out, max_text=160, every=7):
+    """Every `every`-th case short enough, as text; their ids in the fuzzer's 16-bit id form."""
+    cases = [json.loads(line) for line in open(ROOT / "tests/data/tokenizer/cases.jsonl")]
+    short = [c for c in cases if 0 < len(c["text"].encode()) <= max_text][::every]
+    for i, c in enumerate(short):
+        (out / f"text-{i:02d}").write_bytes(c["text"].encode())
+        (out / f"ids-{i:02d}").write_bytes(fuzz_ids(c["ids"]))
+    # Token 177 is byte 0: decoded text may hold NULs (the fuzzer's first find, a check too strict).
+    (out / "ids-nul-byte").write_bytes(fuzz_ids([177, 50, 177, 0, 177]))
+
+
+# ---------------------------------------------------------------------------------------------
+# image
+# ---------------------------------------------------------------------------------------------
+
+FORMATS = ["RGB", "RGBA", "RGBx", "BGR", "BGRA", "BGRx", "ARGB", "xRGB", "ABGR", "xBGR",
+           "I420", "NV12"]
+
+
+def image_seed(fmt, width, height, pad, matrix, out_w, out_h, pixels):
+    """The fuzzer's 12-byte header (see fuzz_image.c) and the pixel bytes."""
+    header = struct.pack("<BBhhBBBBBB", fmt, matrix, width, height, pad + 4, pad + 4, pad + 4, 0,
+                         out_w - 1, out_h - 1)
+    return header + pixels
+
+
+def image_seeds(out):
+    rng = np.random.default_rng(11)
+    sizes = [(5, 3, 0), (7, 5, 3), (1, 1, 0), (16, 9, 16)]
+    for f, name in enumerate(FORMATS):
+        for i, (w, h, pad) in enumerate(sizes):
+            pixels = rng.integers(0, 256, size=64, dtype=np.uint8).tobytes()
+            seed = image_seed(f, w, h, pad, f % 4, 4 + i, 4 + 2 * i, pixels)
+            (out / f"{name}-{w}x{h}").write_bytes(seed)
+
+
+def main():
+    for surface, make in [("gguf", gguf_seeds), ("tokenizer", tokenizer_seeds),
+                          ("image", image_seeds)]:
+        out = HERE / "corpus" / surface
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.iterdir():
+            old.unlink()
+        make(out)
+
+
+if __name__ == "__main__":
+    main()
