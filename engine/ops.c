@@ -7,6 +7,7 @@
 #include "ops.h"
 
 #include <cblas.h>
+#include <cpuid.h>
 #include <glib.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -86,6 +87,13 @@ uint16_t fp32_to_fp16(float f)
 
 typedef enum { ISA_C, ISA_AVX2, ISA_AVX512 } Isa;
 
+/* Asked of CPUID directly: clang 14's __builtin_cpu_supports does not know "f16c". */
+static gboolean cpu_has_f16c(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+
 static Isa cpu_isa(void)
 {
     static gsize once = 0;
@@ -93,8 +101,7 @@ static Isa cpu_isa(void)
     if (g_once_init_enter(&once)) {
         __builtin_cpu_init();
         isa = ISA_C;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c"))
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
             isa = ISA_AVX2;
         if (isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
