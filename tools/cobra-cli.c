@@ -180,7 +180,8 @@ static int detokenize(CobraModel *model, gboolean skip_special)
 
 int main(int argc, char **argv)
 {
-    char *model_path = NULL, *image_path = NULL, *prompt = NULL, *dump_dir = NULL;
+    /* Freed at return (the option parser allocates them), so leak checkers see a clean exit. */
+    g_autofree char *model_path = NULL, *image_path = NULL, *prompt = NULL, *dump_dir = NULL;
     int threads = 0;
     gboolean do_tokenize = FALSE, do_detokenize = FALSE, skip_special = FALSE;
     double temp = 0, top_p = 1, repeat_penalty = 1;
@@ -225,10 +226,11 @@ int main(int argc, char **argv)
     CobraModel *model = cobra_model_load(model_path, &err);
     if (!model)
         die("%s", err->message);
-    if (do_tokenize)
-        return tokenize(model);
-    if (do_detokenize)
-        return detokenize(model, skip_special);
+    if (do_tokenize || do_detokenize) {
+        int status = do_tokenize ? tokenize(model) : detokenize(model, skip_special);
+        cobra_model_free(model);
+        return status;
+    }
     if (!image_path || !prompt)
         die("pass an image (-i) and a question (-p)");
 
