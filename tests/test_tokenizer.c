@@ -114,7 +114,9 @@ static char *format_ids(const GArray *ids)
 
 static gboolean ids_equal(const GArray *a, const GArray *b)
 {
-    return a->len == b->len && memcmp(a->data, b->data, a->len * sizeof(int32_t)) == 0;
+    /* an empty GArray's data may be NULL, which memcmp must not be given even for 0 bytes */
+    return a->len == b->len &&
+           (a->len == 0 || memcmp(a->data, b->data, a->len * sizeof(int32_t)) == 0);
 }
 
 static void assert_ids(const char *what, const GArray *got, const GArray *want)
