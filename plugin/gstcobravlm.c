@@ -916,11 +916,13 @@ text_queue_push (GstCobraVlm * self, gpointer item)
   if (self->text_pad == NULL || self->text_flushing)
     goto drop;
   if (!self->text_started) {
+    gchar *stream_id;
+
     if (GST_IS_EVENT (item) && GST_EVENT_TYPE (item) == GST_EVENT_SEGMENT)
       goto drop;                /* the start below sends the current one */
-    g_queue_push_tail (&self->text_queue,
-        gst_event_new_stream_start (gst_pad_create_stream_id (self->text_pad,
-                GST_ELEMENT (self), "text")));
+    stream_id = gst_pad_create_stream_id (self->text_pad, GST_ELEMENT (self), "text");
+    g_queue_push_tail (&self->text_queue, gst_event_new_stream_start (stream_id));
+    g_free (stream_id);
     g_queue_push_tail (&self->text_queue, gst_event_new_caps (gst_static_pad_template_get_caps
             (&text_src_template)));
     g_queue_push_tail (&self->text_queue,
