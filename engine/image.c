@@ -144,21 +144,57 @@ static inline void yuv_pixel(const YuvCoeffs *c, int y, int u, int v, uint8_t *d
     d[2] = clamp_u8((yy + c->cbu * u) >> 16);
 }
 
-/* 4:2:0 chroma: each chroma sample covers a 2 x 2 block of luma (the last one a 1-pixel
- * column/row when the size is odd). */
+/* 4:2:0 chroma as GStreamer 1.22's videoconvert (default settings) upsamples it, so a frame gives
+ * the RGB a videoconvert in front of us would give (checked empirically in test_image.c):
+ * - I420 takes its fast path, which repeats each chroma sample over its 2 x 2 luma block;
+ * - NV12 takes the generic path, which interpolates centred chroma with 3:1 taps, horizontally
+ *   then vertically, each pass rounded, the edge sample repeated.
+ * Odd sizes: the last chroma column/row covers a single luma column/row. The matrix arithmetic is
+ * the standard one, rounded (yuv_pixel); videoconvert's 8-bit fast path truncates and drops the
+ * luma offset, so its limited-range output is about 2 levels darker (at most 6 here). */
+static inline int chroma_3_1(int near, int far)
+{
+    return (3 * near + far + 2) >> 2;
+}
+
+static void i420_row(const CobraImage *img, const YuvCoeffs *c, int y, uint8_t *d)
+{
+    const uint8_t *py = img->planes[0] + (size_t)y * img->strides[0];
+    const uint8_t *pu = img->planes[1] + (size_t)(y / 2) * img->strides[1];
+    const uint8_t *pv = img->planes[2] + (size_t)(y / 2) * img->strides[2];
+    for (int x = 0; x < img->width; x++)
+        yuv_pixel(c, py[x], pu[x / 2], pv[x / 2], d + 3 * x);
+}
+
+static void nv12_row(const CobraImage *img, const YuvCoeffs *c, int y, uint8_t *d)
+{
+    int cw = (img->width + 1) / 2, ch = (img->height + 1) / 2;
+    /* the chroma row nearest to this luma row, and the one on its other side */
+    int j = y / 2, jn = CLAMP(y % 2 ? j + 1 : j - 1, 0, ch - 1);
+    const uint8_t *py = img->planes[0] + (size_t)y * img->strides[0];
+    const uint8_t *r0 = img->planes[1] + (size_t)j * img->strides[1];
+    const uint8_t *r1 = img->planes[1] + (size_t)jn * img->strides[1];
+    for (int x = 0; x < img->width; x++) {
+        int i = x / 2, in = CLAMP(x % 2 ? i + 1 : i - 1, 0, cw - 1);
+        int uv[2];
+        for (int k = 0; k < 2; k++) /* U at even bytes, V at odd */
+            uv[k] = chroma_3_1(chroma_3_1(r0[2 * i + k], r0[2 * in + k]),
+                               chroma_3_1(r1[2 * i + k], r1[2 * in + k]));
+        yuv_pixel(c, py[x], uv[0], uv[1], d + 3 * x);
+    }
+}
+
 static void yuv420_to_rgb(const CobraImage *img, uint8_t *rgb)
 {
     YuvCoeffs c = yuv_coeffs(img->yuv_matrix);
     gboolean nv12 = img->format == COBRA_FORMAT_NV12;
 #pragma omp parallel for schedule(static) if ((size_t)img->width * img->height >= 65536)
     for (int y = 0; y < img->height; y++) {
-        const uint8_t *py = img->planes[0] + (size_t)y * img->strides[0];
-        const uint8_t *pu = img->planes[1] + (size_t)(y / 2) * img->strides[1];
-        const uint8_t *pv = nv12 ? pu + 1 : img->planes[2] + (size_t)(y / 2) * img->strides[2];
-        int step = nv12 ? 2 : 1;
         uint8_t *d = rgb + (size_t)y * img->width * 3;
-        for (int x = 0; x < img->width; x++)
-            yuv_pixel(&c, py[x], pu[x / 2 * step], pv[x / 2 * step], d + 3 * x);
+        if (nv12)
+            nv12_row(img, &c, y, d);
+        else
+            i420_row(img, &c, y, d);
     }
 }
 
