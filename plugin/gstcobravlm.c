@@ -67,6 +67,7 @@ GST_DEBUG_CATEGORY_STATIC (gst_cobra_vlm_debug);
 /* Upper bounds that keep a typo from asking for hours of decoding or thousands of threads. */
 #define MAX_MAX_TOKENS 2048
 #define MAX_TEMPERATURE 10.0f
+#define MIN_TOP_P 0.001f              /* the engine needs top-p > 0 */
 #define MAX_TOP_K 65536
 #define MAX_N_THREADS 1024
 
@@ -265,7 +266,7 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
   g_object_class_install_property (gobject_class, PROP_TOP_P,
       g_param_spec_float ("top-p", "Top p",
           "Sample among the most likely tokens of this total probability (1 = no limit)",
-          0.0f, 1.0f, DEFAULT_TOP_P,
+          MIN_TOP_P, 1.0f, DEFAULT_TOP_P,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_SEED,
       g_param_spec_uint64 ("seed", "Seed",

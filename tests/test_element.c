@@ -83,14 +83,15 @@ static char *checksum(GstBuffer *buf)
     return sum;
 }
 
-/* The engine's own answer for the frame, asked through the public API. */
+/* The engine's own answer for the frame, asked through the public API; params NULL means
+ * greedy decoding of MAX_TOKENS, the element's settings in these tests. */
 static char *engine_answer(CobraModel *model, const GstVideoInfo *info, GstBuffer *buf,
-                           const char *question, int max_tokens)
+                           const char *question, const CobraParams *params)
 {
     const GstVideoColorimetry *c = &GST_VIDEO_INFO_COLORIMETRY(info);
     gboolean full = c->range == GST_VIDEO_COLOR_RANGE_0_255;
     CobraImage img = {0};
-    CobraParams params;
+    CobraParams greedy;
     GError *err = NULL;
     CobraSession *s;
     GstVideoFrame f;
@@ -117,9 +118,12 @@ static char *engine_answer(CobraModel *model, const GstVideoInfo *info, GstBuffe
     g_assert_no_error(err);
     cobra_session_set_image(s, &img, &err);
     g_assert_no_error(err);
-    cobra_params_init(&params);
-    params.max_tokens = max_tokens;
-    answer = cobra_session_ask(s, question, &params, NULL, NULL, &err);
+    if (!params) {
+        cobra_params_init(&greedy);
+        greedy.max_tokens = MAX_TOKENS;
+        params = &greedy;
+    }
+    answer = cobra_session_ask(s, question, params, NULL, NULL, &err);
     g_assert_no_error(err);
     cobra_session_free(s);
     gst_video_frame_unmap(&f);
@@ -259,7 +263,10 @@ static void test_golden(void)
              &info, FALSE);
 
     GstBuffer *in = rgb_frame(&info, img.data);
-    char *expect = engine_answer(model, &info, in, question, (int)ids.n_elems);
+    CobraParams params;
+    cobra_params_init(&params);
+    params.max_tokens = (int)ids.n_elems;
+    char *expect = engine_answer(model, &info, in, question, &params);
     GstBuffer *out = push_pull(&r, in);
     const GstStructure *s = caption(out);
     g_assert_nonnull(s);
@@ -305,7 +312,7 @@ static void test_engine_frames_and_caps(void)
         if (i)
             gst_harness_set_src_caps(r.h, gst_video_info_to_caps(&info));
         GstBuffer *in = make_frame(&info, i + 1, i * GST_SECOND);
-        answers[i] = engine_answer(model, &info, in, "Describe the image.", MAX_TOKENS);
+        answers[i] = engine_answer(model, &info, in, "Describe the image.", NULL);
         GstBuffer *out = push_pull(&r, in);
         const GstStructure *s = caption(out);
         g_assert_nonnull(s);
@@ -405,7 +412,7 @@ static void test_properties(void)
         double value;
     } bad[] = {
         {"max-tokens", 0}, {"max-tokens", 1e6}, {"temperature", -1}, {"temperature", 1e9},
-        {"top-p", 1.5}, {"top-p", -0.1}, {"n-threads", 1e5}, {"top-k", 1e7},
+        {"top-p", 1.5}, {"top-p", 0}, {"n-threads", 1e5}, {"top-k", 1e7},
     };
     for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
         GParamSpec *p = g_object_class_find_property(klass, bad[i].name);
@@ -443,6 +450,38 @@ static void test_properties(void)
     g_signal_emit_by_name(vlm, "ask", "Second?", &id);
     g_assert_cmpuint(id, ==, 2);
     gst_object_unref(vlm);
+}
+
+/* The sampling properties reach the engine: a seeded sampled answer equals the engine's with
+ * the same settings, and differs from the greedy one. */
+static void test_sampling(void)
+{
+    CobraModel *model = load_model();
+    GstElement *vlm = make_vlm("async", FALSE, "temperature", 1.5f, "top-k", 200, "top-p", 0.95f,
+                               "seed", (guint64)7, NULL);
+    CobraParams params;
+    GstVideoInfo info;
+    Rig r;
+
+    cobra_params_init(&params);
+    params.max_tokens = MAX_TOKENS;
+    params.temperature = 1.5f;
+    params.top_k = 200;
+    params.top_p = 0.95f;
+    params.seed = 7;
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 48, 36);
+    rig_init(&r, vlm, &info, FALSE);
+    GstBuffer *in = make_frame(&info, 5, 0);
+    char *sampled = engine_answer(model, &info, in, "Describe the image.", &params);
+    char *greedy = engine_answer(model, &info, in, "Describe the image.", NULL);
+    GstBuffer *out = push_pull(&r, in);
+    g_assert_cmpstr(gst_structure_get_string(caption(out), "text"), ==, sampled);
+    g_assert_cmpstr(sampled, !=, greedy);
+    gst_buffer_unref(out);
+    g_free(sampled);
+    g_free(greedy);
+    rig_clear(&r);
+    cobra_model_free(model);
 }
 
 /* Frames 0.5 s apart with interval 1 s: every other one is analysed, by running time (the
@@ -622,7 +661,7 @@ static void test_prompt_and_ask(void)
     rig_init(&r, vlm, &info, FALSE);
 
     GstBuffer *f0 = make_frame(&info, 10, 0);
-    char *a0 = engine_answer(model, &info, f0, "What is this?", MAX_TOKENS);
+    char *a0 = engine_answer(model, &info, f0, "What is this?", NULL);
     gst_buffer_unref(push_pull(&r, f0));
     s = next_result(r.bus, 0);
     g_assert_cmpstr(gst_structure_get_string(s, "prompt"), ==, "What is this?");
@@ -633,8 +672,8 @@ static void test_prompt_and_ask(void)
     g_signal_emit_by_name(vlm, "ask", "Is it dark?", &id);
     g_assert_cmpuint(id, >, 0);
     GstBuffer *f1 = make_frame(&info, 11, GST_SECOND);
-    char *a1 = engine_answer(model, &info, f1, "Which colours?", MAX_TOKENS);
-    char *a2 = engine_answer(model, &info, f1, "Is it dark?", MAX_TOKENS);
+    char *a1 = engine_answer(model, &info, f1, "Which colours?", NULL);
+    char *a2 = engine_answer(model, &info, f1, "Is it dark?", NULL);
     GstBuffer *out = push_pull(&r, f1);
 
     s = next_result(r.bus, 0);
@@ -1033,6 +1072,7 @@ int main(int argc, char **argv)
     g_test_add_func("/element/golden", test_golden);
     g_test_add_func("/element/engine-frames-and-caps", test_engine_frames_and_caps);
     g_test_add_func("/element/properties", test_properties);
+    g_test_add_func("/element/sampling", test_sampling);
     g_test_add_func("/element/interval", test_interval);
     g_test_add_func("/element/async-skip-and-eos", test_async_skip_and_eos);
     g_test_add_func("/element/three-outputs", test_three_outputs);
