@@ -343,17 +343,26 @@ TARGET_AVX512 static inline __m256i dot32_i8_vnni(__m256i w, __m256i x)
                                _mm256_sign_epi8(w, x));
 }
 
+/* Block b's 8 partial sums, scaled by both block scales, added to acc. */
+#define Q8_0_BLOCK(DOT32, acc, b)                                                                \
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d),                            \
+                          _mm256_cvtepi32_ps(DOT32(_mm256_loadu_si256((const __m256i *)w[b].qs),  \
+                                                   _mm256_loadu_si256((const __m256i *)x[b].qs))), \
+                          acc)
+
+/* Two accumulators, so consecutive blocks do not wait on each other's FMA. */
 #define DOT_Q8_0_BODY(DOT32)                                                                     \
     const BlockQ8_0 *w = wv;                                                                     \
     const BlockQ8x *x = xv;                                                                      \
-    __m256 acc = _mm256_setzero_ps();                                                            \
-    for (int b = 0; b < n / QK8_0; b++) {                                                        \
-        __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);                               \
-        __m256i qx = _mm256_loadu_si256((const __m256i *)x[b].qs);                               \
-        __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d);                                   \
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(DOT32(qw, qx)), acc);                        \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                               \
+    int nb = n / QK8_0, b = 0;                                                                   \
+    for (; b + 2 <= nb; b += 2) {                                                                \
+        Q8_0_BLOCK(DOT32, acc0, b);                                                              \
+        Q8_0_BLOCK(DOT32, acc1, b + 1);                                                          \
     }                                                                                            \
-    return hsum256(acc);
+    if (b < nb)                                                                                  \
+        Q8_0_BLOCK(DOT32, acc0, b);                                                              \
+    return hsum256(_mm256_add_ps(acc0, acc1));
 
 TARGET_AVX2 static float dot_q8_0_avx2(const void *wv, const void *xv, int n)
 {
