@@ -404,17 +404,9 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
 
 static void dequant_tile(const Mat *W, int r0, int nr, float *tile)
 {
-    gboolean simd = cpu_isa() != ISA_C;
 #pragma omp parallel for schedule(static) if ((size_t)nr * W->cols >= PARALLEL_MIN)
-    for (int r = 0; r < nr; r++) {
-        float *dst = tile + (size_t)r * W->cols;
-        if (W->type == GGML_TYPE_Q8_0)
-            dequant_row_q8_0(mat_row(W, r0 + r), dst, W->cols);
-        else if (simd)
-            dequant_row_f16_avx2(mat_row(W, r0 + r), dst, W->cols);
-        else
-            dequant_row_f16_c(mat_row(W, r0 + r), dst, W->cols);
-    }
+    for (int r = 0; r < nr; r++)
+        mat_get_row(W, r0 + r, tile + (size_t)r * W->cols);
 }
 
 /* out[n][rows] (+)= x[n][cols] · Wᵀ for weight rows already in float form. */
