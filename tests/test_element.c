@@ -6,6 +6,7 @@
 #include <gst/check/gstharness.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cobra.h"
@@ -778,31 +779,73 @@ static GstElement *launch(const char *desc)
     return p;
 }
 
-/* 100 PLAYING -> NULL while a generation runs (async and not): each returns promptly. */
+/* Entries of a /proc/self directory: "fd" (open files) or "task" (threads). */
+static guint count_proc_entries(const char *name)
+{
+    char *path = g_build_filename("/proc/self", name, NULL);
+    GDir *d = g_dir_open(path, 0, NULL);
+    guint n = 0;
+
+    g_assert_nonnull(d);
+    while (g_dir_read_name(d))
+        n++;
+    g_dir_close(d);
+    g_free(path);
+    return n;
+}
+
+/* Mappings of `file` in this process. */
+static guint count_mappings(const char *file)
+{
+    char *maps, *real = realpath(file, NULL);
+    guint n = 0;
+
+    g_assert_true(g_file_get_contents("/proc/self/maps", &maps, NULL, NULL));
+    for (const char *p = maps; (p = strstr(p, real)); p++)
+        n++;
+    g_free(maps);
+    free(real);
+    return n;
+}
+
+/* 200 PLAYING -> NULL while a generation runs (async and not, text_src linked): each returns
+ * promptly, and no thread, file or mapping of the model is left behind. */
 static void test_state_cycles(void)
 {
     char *desc = g_strdup_printf(
         "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! "
         "cobravlm name=vlm model-file=%s n-threads=%d interval=0 max-tokens=1500 "
-        "partial-messages=true ! fakesink",
+        "partial-messages=true ! fakesink  vlm.text_src ! fakesink async=false",
         model_file, N_THREADS);
     GstElement *p = launch(desc);
     GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
     GstBus *bus = gst_element_get_bus(p);
+    guint threads = 0, fds = 0;
     gint64 worst = 0;
 
-    for (guint i = 0; i < 100; i++) {
+    for (guint i = 0; i < 200; i++) {
         g_object_set(vlm, "async", i % 2 == 0, NULL);
         g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+        g_assert_cmpuint(count_mappings(model_file), >, 0);
         g_assert_true(wait_generating(bus, 30 * GST_SECOND));
         gint64 t0 = g_get_monotonic_time();
         g_assert_cmpint(gst_element_set_state(p, GST_STATE_NULL), ==, GST_STATE_CHANGE_SUCCESS);
         worst = MAX(worst, g_get_monotonic_time() - t0);
         gst_bus_set_flushing(bus, TRUE);
         gst_bus_set_flushing(bus, FALSE);
+        g_assert_cmpuint(count_mappings(model_file), ==, 0);
+        if (i == 1) { /* after a cycle of each kind, thread pools are warm */
+            threads = count_proc_entries("task");
+            fds = count_proc_entries("fd");
+        }
     }
-    g_test_message("slowest PLAYING -> NULL: %" G_GINT64_FORMAT " us", worst);
+    g_test_message("slowest PLAYING -> NULL: %" G_GINT64_FORMAT " us; threads %u -> %u, "
+                   "files %u -> %u", worst, threads, count_proc_entries("task"), fds,
+                   count_proc_entries("fd"));
     g_assert_cmpint(worst, <, 2 * G_USEC_PER_SEC);
+    /* GLib's thread pools keep a few idle threads */
+    g_assert_cmpuint(count_proc_entries("task"), <=, threads + 2);
+    g_assert_cmpuint(count_proc_entries("fd"), ==, fds);
     gst_object_unref(bus);
     gst_object_unref(vlm);
     gst_object_unref(p);
@@ -846,6 +889,205 @@ static GHashTable *run_to_eos(GstElement *p)
     gst_element_set_state(p, GST_STATE_NULL);
     gst_object_unref(bus);
     return results;
+}
+
+typedef struct {
+    GstElement *vlm;
+    volatile gint stop;
+    GHashTable *ids; /* ask ids issued */
+} Hammer;
+
+static gpointer hammer_main(gpointer data)
+{
+    Hammer *h = data;
+    static const char *prompts[] = {"Describe the image.", "What moves?", "Which colours?"};
+
+    for (guint i = 0; !g_atomic_int_get(&h->stop); i++) {
+        char *q = g_strdup_printf("Extra %u?", i);
+        guint id;
+        g_object_set(h->vlm, "prompt", prompts[i % G_N_ELEMENTS(prompts)], NULL);
+        g_signal_emit_by_name(h->vlm, "ask", q, &id);
+        g_assert_cmpuint(id, >, 0);
+        g_hash_table_add(h->ids, GUINT_TO_POINTER(id));
+        g_free(q);
+        g_usleep(2000);
+    }
+    return NULL;
+}
+
+/* Prompt changes and `ask` from another thread while playing: every answer is to a question
+ * that was asked, each `ask` is answered at most once. */
+static void test_concurrent_controls(void)
+{
+    char *desc = g_strdup_printf(
+        "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+        "cobravlm name=vlm model-file=%s n-threads=%d interval=0 max-tokens=4 ! fakesink sync=true",
+        model_file, N_THREADS);
+    GstElement *p = launch(desc);
+    Hammer h = {gst_bin_get_by_name(GST_BIN(p), "vlm"), 0, g_hash_table_new(NULL, NULL)};
+    GThread *thread = g_thread_new("hammer", hammer_main, &h);
+    GHashTable *results = run_to_eos(p);
+    GHashTable *answered = g_hash_table_new(NULL, NULL);
+
+    g_atomic_int_set(&h.stop, 1);
+    g_thread_join(thread);
+    GPtrArray *list = g_hash_table_lookup(results, "vlm");
+    g_assert_nonnull(list);
+    guint n_asks = 0;
+    for (guint i = 0; i < list->len; i++) {
+        const GstStructure *s = list->pdata[i];
+        const char *prompt = gst_structure_get_string(s, "prompt");
+        guint id;
+        g_assert_cmpuint(get_u64(s, "seq"), ==, i + 1);
+        if (gst_structure_get_uint(s, "request-id", &id)) {
+            char *q = g_strdup_printf("Extra %u?", id - 1);
+            g_assert_cmpstr(prompt, ==, q);
+            g_assert_true(g_hash_table_contains(h.ids, GUINT_TO_POINTER(id)));
+            g_assert_true(g_hash_table_add(answered, GUINT_TO_POINTER(id)));
+            n_asks++;
+            g_free(q);
+        } else {
+            g_assert_true(g_str_equal(prompt, "Describe the image.") ||
+                          g_str_equal(prompt, "What moves?") ||
+                          g_str_equal(prompt, "Which colours?"));
+        }
+    }
+    g_test_message("%u answers, %u of them to %u asks", list->len, n_asks,
+                   g_hash_table_size(h.ids));
+    g_assert_cmpuint(n_asks, >, 0);
+    g_hash_table_unref(answered);
+    g_hash_table_unref(h.ids);
+    g_hash_table_unref(results);
+    gst_object_unref(h.vlm);
+    gst_object_unref(p);
+    g_free(desc);
+}
+
+typedef struct {
+    GstVideoInfo info;
+    GstBuffer *frame;
+} SentFrame;
+
+static void sent_frame_free(SentFrame *f)
+{
+    gst_buffer_unref(f->frame);
+    g_free(f);
+}
+
+/* async with the caps changing every 3 frames: each answer is the engine's for the frame whose
+ * PTS it names, so the copy the worker reads is that frame, in its own format. */
+static void test_caps_churn(void)
+{
+    static const struct {
+        GstVideoFormat format;
+        guint width, height;
+    } caps[] = {
+        {GST_VIDEO_FORMAT_I420, 64, 48}, {GST_VIDEO_FORMAT_RGB, 30, 20},
+        {GST_VIDEO_FORMAT_NV12, 96, 54}, {GST_VIDEO_FORMAT_BGRx, 17, 41},
+    };
+    CobraModel *model = load_model();
+    GstElement *vlm = make_vlm("interval", (guint64)0, NULL);
+    GHashTable *sent = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+                                             (GDestroyNotify)sent_frame_free);
+    GstVideoInfo info;
+    GstStructure *s;
+    guint n = 0;
+    Rig r;
+
+    gst_video_info_set_format(&info, caps[0].format, caps[0].width, caps[0].height);
+    rig_init(&r, vlm, &info, FALSE);
+    for (guint i = 0; i < 60; i++) {
+        if (i % 3 == 0) {
+            guint k = (i / 3) % G_N_ELEMENTS(caps);
+            gst_video_info_set_format(&info, caps[k].format, caps[k].width, caps[k].height);
+            gst_harness_set_src_caps(r.h, gst_video_info_to_caps(&info));
+        }
+        SentFrame *f = g_new(SentFrame, 1);
+        f->info = info;
+        f->frame = make_frame(&info, i, i * 20 * GST_MSECOND);
+        gint64 *pts = g_new(gint64, 1);
+        *pts = (gint64)GST_BUFFER_PTS(f->frame);
+        g_hash_table_insert(sent, pts, f);
+        gst_buffer_unref(push_pull(&r, gst_buffer_ref(f->frame)));
+        g_usleep(3000); /* let the worker take some of them */
+    }
+    g_assert_true(gst_harness_push_event(r.h, gst_event_new_eos()));
+    while ((s = next_result(r.bus, 0))) {
+        gint64 pts = (gint64)get_u64(s, "source-pts");
+        SentFrame *f = g_hash_table_lookup(sent, &pts);
+        g_assert_nonnull(f);
+        char *expect = engine_answer(model, &f->info, f->frame, "Describe the image.", NULL);
+        g_assert_cmpstr(gst_structure_get_string(s, "text"), ==, expect);
+        g_free(expect);
+        gst_structure_free(s);
+        n++;
+    }
+    g_test_message("%u answers checked", n);
+    g_assert_cmpuint(n, ==, get_counter(vlm, "frames-analyzed"));
+    g_assert_cmpuint(n, >=, 2);
+    g_hash_table_unref(sent);
+    rig_clear(&r);
+    cobra_model_free(model);
+}
+
+typedef struct {
+    guint n;
+    guint64 rss_kib[2]; /* after 2,000 frames and at the end */
+} LongRun;
+
+static guint64 rss_kib(void)
+{
+    char *status, *line;
+    guint64 kib = 0;
+
+    g_assert_true(g_file_get_contents("/proc/self/status", &status, NULL, NULL));
+    line = strstr(status, "VmRSS:");
+    g_assert_nonnull(line);
+    kib = g_ascii_strtoull(line + strlen("VmRSS:"), NULL, 10);
+    g_free(status);
+    return kib;
+}
+
+static GstPadProbeReturn count_frames(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    LongRun *run = data;
+
+    if (++run->n == 2000)
+        run->rss_kib[0] = rss_kib();
+    else if (run->n == 10000)
+        run->rss_kib[1] = rss_kib();
+    return GST_PAD_PROBE_OK;
+}
+
+/* 10,000 frames, analysed as often as the model keeps up: resident memory stays flat. */
+static void test_long_run(void)
+{
+    char *desc = g_strdup_printf(
+        "videotestsrc num-buffers=10000 pattern=ball ! video/x-raw,width=64,height=48 ! "
+        "cobravlm name=vlm model-file=%s n-threads=%d interval=0 max-tokens=4 ! "
+        "fakesink name=sink  vlm.text_src ! fakesink async=false",
+        model_file, N_THREADS);
+    GstElement *p = launch(desc);
+    GstElement *sink = gst_bin_get_by_name(GST_BIN(p), "sink");
+    GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
+    GstPad *pad = gst_element_get_static_pad(sink, "sink");
+    LongRun run = {0};
+
+    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER, count_frames, &run, NULL);
+    GHashTable *results = run_to_eos(p);
+    guint64 analyzed = get_counter(vlm, "frames-analyzed");
+    g_test_message("%u frames, %" G_GUINT64_FORMAT " analysed; RSS %" G_GUINT64_FORMAT
+                   " KiB after 2,000, %" G_GUINT64_FORMAT " KiB after 10,000",
+                   run.n, analyzed, run.rss_kib[0], run.rss_kib[1]);
+    g_assert_cmpuint(run.n, ==, 10000);
+    g_assert_cmpuint(analyzed, >=, 100);
+    g_assert_cmpuint(run.rss_kib[1], <, run.rss_kib[0] + 4096);
+    g_hash_table_unref(results);
+    gst_object_unref(pad);
+    gst_object_unref(sink);
+    gst_object_unref(vlm);
+    gst_object_unref(p);
+    g_free(desc);
 }
 
 /* Four elements on one model file in one pipeline agree on every frame. */
@@ -1079,6 +1321,9 @@ int main(int argc, char **argv)
     g_test_add_func("/element/prompt-and-ask", test_prompt_and_ask);
     g_test_add_func("/element/flush", test_flush);
     g_test_add_func("/element/state-cycles", test_state_cycles);
+    g_test_add_func("/element/concurrent-controls", test_concurrent_controls);
+    g_test_add_func("/element/caps-churn", test_caps_churn);
+    g_test_add_func("/element/long-run", test_long_run);
     g_test_add_func("/element/shared-model", test_shared_model);
     g_test_add_func("/element/bad-models", test_bad_models);
     g_test_add_func("/element/long-prompt", test_long_prompt);
