@@ -1099,7 +1099,9 @@ publish_results (GstCobraVlm * self, GstClockTime pts, GstClockTime duration)
 
     gst_structure_get_uint64 (result, "source-pts", &src);
     GST_BUFFER_PTS (buf) = src;
-    if (GST_CLOCK_TIME_IS_VALID (src) && GST_CLOCK_TIME_IS_VALID (pts) && pts >= src && hold)
+    /* (a huge interval leaves the duration unknown rather than overflowing) */
+    if (GST_CLOCK_TIME_IS_VALID (src) && GST_CLOCK_TIME_IS_VALID (pts) && pts >= src && hold
+        && hold < GST_CLOCK_TIME_NONE - (pts - src))
       GST_BUFFER_DURATION (buf) = pts - src + hold;
     add_caption_meta (buf, result, TRUE);
     text_queue_push (self, buf);
