@@ -779,6 +779,43 @@ static GstElement *launch(const char *desc)
     return p;
 }
 
+/* A flushing seek while async=false is generating on the streaming thread returns promptly and
+ * drops the answer in progress. */
+static void test_seek_sync(void)
+{
+    char *desc = g_strdup_printf(
+        "videotestsrc pattern=ball ! video/x-raw,width=64,height=48,framerate=10/1 ! "
+        "cobravlm name=vlm model-file=%s n-threads=%d async=false max-tokens=1500 "
+        "partial-messages=true ! fakesink",
+        model_file, N_THREADS);
+    GstElement *p = launch(desc);
+    GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
+    GstBus *bus = gst_element_get_bus(p);
+    GstStructure *s;
+
+    g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+    g_assert_true(wait_generating(bus, 30 * GST_SECOND));
+    g_object_set(vlm, "max-tokens", 3, "partial-messages", FALSE, NULL);
+    gint64 t0 = g_get_monotonic_time();
+    g_assert_true(gst_element_seek_simple(p, GST_FORMAT_TIME, GST_SEEK_FLAG_FLUSH, 5 * GST_SECOND));
+    g_assert_cmpint(gst_element_get_state(p, NULL, NULL, 10 * GST_SECOND), ==,
+                    GST_STATE_CHANGE_SUCCESS);
+    gint64 seek_us = g_get_monotonic_time() - t0;
+    s = next_result(bus, 30 * GST_SECOND); /* the first answer after the seek */
+    g_assert_nonnull(s);
+    g_test_message("seek took %" G_GINT64_FORMAT " us; next answer for %" G_GUINT64_FORMAT,
+                   seek_us, get_u64(s, "source-pts"));
+    g_assert_cmpint(seek_us, <, 2 * G_USEC_PER_SEC);
+    g_assert_cmpuint(get_u64(s, "source-pts"), >=, 5 * GST_SECOND);
+    g_assert_cmpuint(get_u64(s, "seq"), ==, 1);
+    gst_structure_free(s);
+    gst_element_set_state(p, GST_STATE_NULL);
+    gst_object_unref(bus);
+    gst_object_unref(vlm);
+    gst_object_unref(p);
+    g_free(desc);
+}
+
 /* Entries of a /proc/self directory: "fd" (open files) or "task" (threads). */
 static guint count_proc_entries(const char *name)
 {
@@ -1328,6 +1365,7 @@ int main(int argc, char **argv)
     g_test_add_func("/element/three-outputs", test_three_outputs);
     g_test_add_func("/element/prompt-and-ask", test_prompt_and_ask);
     g_test_add_func("/element/flush", test_flush);
+    g_test_add_func("/element/seek-sync", test_seek_sync);
     g_test_add_func("/element/state-cycles", test_state_cycles);
     g_test_add_func("/element/concurrent-controls", test_concurrent_controls);
     g_test_add_func("/element/caps-churn", test_caps_churn);
