@@ -803,10 +803,11 @@ run_job (GstCobraVlm * self, const Job * job)
     gboolean keep, post;
     char *answer;
 
-    do
+    do {
+      g_string_truncate (partial.text, 0);
       answer = cobra_session_ask (self->session, q->question, &job->params,
           job->partial_messages ? on_token : NULL, &partial, &err);
-    while (answer == NULL && stale_cancel (self, &err));
+    } while (answer == NULL && stale_cancel (self, &err));
     g_string_free (partial.text, TRUE);
     if (answer == NULL) {
       gboolean cancelled = g_error_matches (err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
