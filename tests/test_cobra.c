@@ -450,6 +450,44 @@ static void test_cli(void)
     g_free(model);
 }
 
+/* Runs `cobra-cli -m MODEL FLAG` with `input` on stdin; returns its stdout. */
+static char *cli_filter(const char *flag, const char *input)
+{
+    char *model = test_model_path("f32");
+    const char *argv[] = {"/bin/sh", "-c", "printf %s \"$3\" | \"$0\" -m \"$1\" $2",
+                          g_getenv("COBRA_CLI"), model, flag, input, NULL};
+    char *out = NULL;
+    int status;
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                               NULL, &status, NULL));
+    g_assert_true(g_spawn_check_wait_status(status, NULL));
+    g_free(model);
+    return out;
+}
+
+/* --tokenize gives the reference prompt ids as a JSON array; --detokenize brings the text back. */
+static void test_cli_tokenize(void)
+{
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *prompt = test_json_string(manifest, "prompt");
+    Npy ids;
+    test_load_npy("tiny/golden/prompt_ids.npy", &ids);
+    GString *expected = g_string_new("[");
+    for (size_t i = 0; i < ids.n_elems; i++)
+        g_string_append_printf(expected, "%s%d", i ? ", " : "", ((int32_t *)ids.data)[i]);
+    g_string_append(expected, "]\n");
+    char *json = cli_filter("--tokenize", prompt);
+    g_assert_cmpstr(json, ==, expected->str);
+    char *text = cli_filter("--detokenize", json);
+    g_assert_cmpstr(text, ==, prompt);
+    g_free(text);
+    g_free(json);
+    g_string_free(expected, TRUE);
+    npy_free(&ids);
+    g_free(prompt);
+    g_free(manifest);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -461,5 +499,6 @@ int main(int argc, char **argv)
     g_test_add_func("/cobra/q8_0", test_q8_0);
     g_test_add_func("/cobra/model-errors", test_model_errors);
     g_test_add_func("/cobra/cli", test_cli);
+    g_test_add_func("/cobra/cli-tokenize", test_cli_tokenize);
     return g_test_run();
 }
