@@ -188,7 +188,7 @@ def write_png(path, a):
 
 def make_bank(out):
     """Training frames of every pattern: each training size, RGB and I420->RGB, the ball at 30
-    positions, snow once per size and format. Saved as one compressed .npz + an index."""
+    positions, the other patterns (snow too) once per size and format. Saved as one compressed .npz + an index."""
     arrays, index = {}, []
 
     def add(img, pattern, size, fmt, frame):
@@ -204,8 +204,6 @@ def make_bank(out):
                     frames = gst_frames(pattern, *size, BALL_FRAMES, fmt)
                     for f in range(0, BALL_FRAMES, BALL_TRAIN_STEP):
                         add(frames[f], pattern, size, fmt, f)
-                elif pattern == "snow" and size[0] * size[1] > 400 * 300:
-                    continue      # big snow frames do not compress; smaller ones suffice
                 else:
                     add(gst_frames(pattern, *size, 1, fmt)[0], pattern, size, fmt, 0)
         print(f"bank: {size[0]}x{size[1]} done, {len(index)} frames", file=sys.stderr)

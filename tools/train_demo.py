@@ -46,11 +46,11 @@ TOKENIZER = ROOT / "tests" / "data" / "tokenizer" / "gpt-neox-20b-tokenizer.json
 HELDOUT = ROOT / "tests" / "data" / "demo"
 
 IMAGE_SIZE = 112                      # grid 8 x 8 = 64 image tokens
-DINO_ARGS = {"img_size": IMAGE_SIZE, "patch_size": 14, "embed_dim": 64, "depth": 5,
-             "num_heads": 2, "mlp_ratio": 4.0, "init_values": 0.1, "reg_tokens": 4,
+DINO_ARGS = {"img_size": IMAGE_SIZE, "patch_size": 14, "embed_dim": 96, "depth": 5,
+             "num_heads": 3, "mlp_ratio": 4.0, "init_values": 0.1, "reg_tokens": 4,
              "no_embed_class": True}
-SIGLIP_ARGS = {"img_size": IMAGE_SIZE, "patch_size": 14, "embed_dim": 64, "depth": 5,
-               "num_heads": 2, "mlp_ratio": 4.0, "class_token": False, "global_pool": "map"}
+SIGLIP_ARGS = {"img_size": IMAGE_SIZE, "patch_size": 14, "embed_dim": 96, "depth": 5,
+               "num_heads": 3, "mlp_ratio": 4.0, "class_token": False, "global_pool": "map"}
 D_MODEL, N_LAYER, D_STATE, D_CONV, EXPAND = 64, 4, 16, 4, 2
 DT_RANK = math.ceil(D_MODEL / 16)
 VOCAB = 50280                         # GPT-NeoX's 50277 tokens padded to a multiple of 8
@@ -483,15 +483,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", required=True, help="pattern frames from demo_data.py bank")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--scenes", type=int, default=40000)
-    ap.add_argument("--p-pattern", type=float, default=0.35)
+    ap.add_argument("--scenes", type=int, default=80000)
+    ap.add_argument("--p-pattern", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--max-train-seconds", type=float, default=440,
+    ap.add_argument("--max-train-seconds", type=float, default=480,
                     help="emergency stop (logged) so one run fits the lent machine's 10 minutes")
     ap.add_argument("--smoke", action="store_true", help="checks + a few steps + a few answers")
     args = ap.parse_args(argv)
