@@ -56,6 +56,36 @@ static GstBuffer *make_frame(const GstVideoInfo *info, guint seed, GstClockTime 
     return buf;
 }
 
+/* I420 or NV12 frames on which the tiny model's answer depends on the YUV matrix:
+ * CARD_CHECKER on BT.601 vs BT.709, CARD_RAMP on limited vs full range. */
+typedef enum { CARD_NONE, CARD_CHECKER, CARD_RAMP } Card;
+
+static GstBuffer *make_card(const GstVideoInfo *info, Card card, GstClockTime pts)
+{
+    GstBuffer *buf = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(info), NULL);
+    guint8 u = card == CARD_CHECKER ? 200 : 128, v = card == CARD_CHECKER ? 60 : 128;
+    GstVideoFrame f;
+
+    g_assert_true(gst_video_frame_map(&f, info, buf, GST_MAP_WRITE));
+    for (int y = 0; y < GST_VIDEO_FRAME_HEIGHT(&f); y++) {
+        guint8 *row = (guint8 *)GST_VIDEO_FRAME_PLANE_DATA(&f, 0) + y * GST_VIDEO_FRAME_PLANE_STRIDE(&f, 0);
+        for (int x = 0; x < GST_VIDEO_FRAME_WIDTH(&f); x++)
+            row[x] = card == CARD_CHECKER ? ((x / 8 + y / 8) % 2 ? 250 : 5) : MIN(y * 5, 255);
+    }
+    for (int y = 0; y < GST_VIDEO_FRAME_COMP_HEIGHT(&f, 1); y++) {
+        for (int x = 0; x < GST_VIDEO_FRAME_COMP_WIDTH(&f, 1); x++) {
+            *((guint8 *)GST_VIDEO_FRAME_COMP_DATA(&f, 1) + y * GST_VIDEO_FRAME_COMP_STRIDE(&f, 1) +
+              x * GST_VIDEO_FRAME_COMP_PSTRIDE(&f, 1)) = u;
+            *((guint8 *)GST_VIDEO_FRAME_COMP_DATA(&f, 2) + y * GST_VIDEO_FRAME_COMP_STRIDE(&f, 2) +
+              x * GST_VIDEO_FRAME_COMP_PSTRIDE(&f, 2)) = v;
+        }
+    }
+    gst_video_frame_unmap(&f);
+    GST_BUFFER_PTS(buf) = pts;
+    GST_BUFFER_DURATION(buf) = GST_SECOND;
+    return buf;
+}
+
 /* An H x W x 3 uint8 array as an RGB buffer of `info` (rows copied to its strides). */
 static GstBuffer *rgb_frame(const GstVideoInfo *info, const guint8 *rgb)
 {
@@ -105,9 +135,10 @@ static char *engine_answer(CobraModel *model, const GstVideoInfo *info, GstBuffe
     case GST_VIDEO_FORMAT_NV12: img.format = COBRA_FORMAT_NV12; break;
     default: g_assert_not_reached();
     }
-    g_assert_true(c->matrix == GST_VIDEO_COLOR_MATRIX_BT601 ||
-                  c->matrix == GST_VIDEO_COLOR_MATRIX_RGB);
-    img.yuv_matrix = full ? COBRA_YUV_BT601_FULL : COBRA_YUV_BT601_LIMITED;
+    if (c->matrix == GST_VIDEO_COLOR_MATRIX_BT709)
+        img.yuv_matrix = full ? COBRA_YUV_BT709_FULL : COBRA_YUV_BT709_LIMITED;
+    else
+        img.yuv_matrix = full ? COBRA_YUV_BT601_FULL : COBRA_YUV_BT601_LIMITED;
     img.width = GST_VIDEO_INFO_WIDTH(info);
     img.height = GST_VIDEO_INFO_HEIGHT(info);
     g_assert_true(gst_video_frame_map(&f, info, buf, GST_MAP_READ));
@@ -288,17 +319,22 @@ static void test_golden(void)
 }
 
 /* Captions equal the engine's answers for the same frames, through caps changes in mid-stream
- * (format and size); different frames give different answers, so the check has teeth. */
+ * (format, size, colorimetry); different frames, or one frame read with another YUV matrix, give
+ * different answers, so the check has teeth. */
 static void test_engine_frames_and_caps(void)
 {
     static const struct {
         GstVideoFormat format;
         guint width, height;
+        Card card;               /* CARD_NONE: random pixels */
+        const char *colorimetry; /* NULL: GStreamer's default for the size */
     } steps[] = {
-        {GST_VIDEO_FORMAT_RGB, 64, 48},
-        {GST_VIDEO_FORMAT_I420, 80, 60},
-        {GST_VIDEO_FORMAT_BGRx, 33, 17},
-        {GST_VIDEO_FORMAT_NV12, 50, 38},
+        {GST_VIDEO_FORMAT_RGB, 64, 48, CARD_NONE, NULL},
+        {GST_VIDEO_FORMAT_I420, 80, 60, CARD_NONE, NULL},
+        {GST_VIDEO_FORMAT_BGRx, 33, 17, CARD_NONE, NULL},
+        {GST_VIDEO_FORMAT_NV12, 50, 38, CARD_NONE, NULL},
+        {GST_VIDEO_FORMAT_I420, 64, 48, CARD_CHECKER, "bt709"},
+        {GST_VIDEO_FORMAT_NV12, 64, 48, CARD_RAMP, "1:4:0:0"}, /* BT.601 full range (JPEG) */
     };
     CobraModel *model = load_model();
     GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, NULL);
@@ -310,15 +346,27 @@ static void test_engine_frames_and_caps(void)
     rig_init(&r, vlm, &info, FALSE);
     for (guint i = 0; i < G_N_ELEMENTS(steps); i++) {
         gst_video_info_set_format(&info, steps[i].format, steps[i].width, steps[i].height);
+        if (steps[i].colorimetry)
+            g_assert_true(gst_video_colorimetry_from_string(&info.colorimetry, steps[i].colorimetry));
         if (i)
             gst_harness_set_src_caps(r.h, gst_video_info_to_caps(&info));
-        GstBuffer *in = make_frame(&info, i + 1, i * GST_SECOND);
+        GstBuffer *in = steps[i].card ? make_card(&info, steps[i].card, i * GST_SECOND)
+                                      : make_frame(&info, i + 1, i * GST_SECOND);
         answers[i] = engine_answer(model, &info, in, "Describe the image.", NULL);
+        if (steps[i].card) { /* the same frame read as BT.601 limited range */
+            GstVideoInfo other = info;
+            g_assert_true(gst_video_colorimetry_from_string(&other.colorimetry, "bt601"));
+            char *wrong = engine_answer(model, &other, in, "Describe the image.", NULL);
+            g_assert_cmpstr(wrong, !=, answers[i]);
+            g_free(wrong);
+        }
         GstBuffer *out = push_pull(&r, in);
         const GstStructure *s = caption(out);
         g_assert_nonnull(s);
-        g_test_message("%s %ux%u: %s", gst_video_format_to_string(steps[i].format),
-                       steps[i].width, steps[i].height, gst_structure_get_string(s, "text"));
+        g_test_message("%s %ux%u %s: %s", gst_video_format_to_string(steps[i].format),
+                       steps[i].width, steps[i].height,
+                       steps[i].colorimetry ? steps[i].colorimetry : "",
+                       gst_structure_get_string(s, "text"));
         g_assert_cmpstr(gst_structure_get_string(s, "text"), ==, answers[i]);
         g_assert_cmpuint(get_u64(s, "seq"), ==, i + 1);
         gst_buffer_unref(out);
