@@ -621,16 +621,33 @@ def read_cobra_config(folder):
     return cfg
 
 
-def build(args):
-    """A GGUFWriter with every key and tensor of the model, nothing read beyond headers yet."""
-    cfg = read_cobra_config(args.cobra)
-    towers = {"dino": load_tower(args.dino), "siglip": load_tower(args.siglip)}
+class Sources:
+    """Everything a model file is assembled from: the Cobra config (read_cobra_config's fields),
+    the towers by GGUF prefix in feature order, the projector and language-model weights, and the
+    tokenizer metadata (tokenizer_metadata's tuple)."""
+
+    def __init__(self, cfg, towers, projector, lm, tokenizer):
+        self.cfg, self.towers, self.projector, self.lm = cfg, towers, projector, lm
+        self.tokenizer = tokenizer
+
+
+def load_sources(args):
+    """The released checkpoints, mapped (nothing read beyond headers yet)."""
     projector, lm = load_cobra_checkpoint(args.cobra)
-    tokens, types, merges, eos = tokenizer_metadata(Path(args.tokenizer))
+    return Sources(read_cobra_config(args.cobra),
+                   {"dino": load_tower(args.dino), "siglip": load_tower(args.siglip)},
+                   projector, lm, tokenizer_metadata(Path(args.tokenizer)))
+
+
+def assemble(src, outtype, verbose):
+    """A GGUFWriter with every key and tensor of the model; tensor values are made while writing."""
+    cfg, towers, projector, lm = src.cfg, src.towers, src.projector, src.lm
+    tokens, types, merges, eos = src.tokenizer
 
     patch = towers["dino"].patch
     if towers["siglip"].patch != patch:
-        raise ConvertError(f"{args.siglip}: patch size {towers['siglip'].patch} differs from "
+        raise ConvertError(f"{towers['siglip'].weights.source}: patch size "
+                           f"{towers['siglip'].patch} differs from "
                            f"DINOv2's {patch}")
     grid = cfg["image_size"] // patch
 
@@ -638,7 +655,7 @@ def build(args):
     w.add_string("general.architecture", "cobra")
     w.add_string("general.name", cfg["model_id"])
     w.add_uint32("general.alignment", w.alignment)
-    w.add_uint32("general.file_type", FILE_TYPES[args.outtype])
+    w.add_uint32("general.file_type", FILE_TYPES[outtype])
     for key in ("arch_specifier", "vision_backbone_id", "llm_backbone_id", "image_resize_strategy"):
         w.add_string(f"cobra.{key}", cfg[key])
     w.add_string("cobra.prompt_template", PROMPT_TEMPLATE)
@@ -686,7 +703,6 @@ def build(args):
     w.add_string("tokenizer.ggml.normalizer", "NFC")
     w.add_string("tokenizer.chat_template", CHAT_TEMPLATE)
 
-    verbose = not args.quiet
     tensors = []
     for name, t in towers.items():
         tensors += tower_tensors(t, name, grid)
@@ -697,8 +713,13 @@ def build(args):
     tensors += proj
     tensors += mamba_tensors(lm, p, verbose)
     for t in tensors:
-        w.add_tensor(t.name, t.shape, output_type(t, args.outtype), t.produce)
+        w.add_tensor(t.name, t.shape, output_type(t, outtype), t.produce)
     return w
+
+
+def build(args):
+    """A GGUFWriter for the released checkpoints named by the command line."""
+    return assemble(load_sources(args), args.outtype, not args.quiet)
 
 
 def tensor_group(name):
