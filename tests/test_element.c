@@ -17,6 +17,8 @@
 #define N_THREADS 1
 /* Enough tokens for answers about different frames of the tiny model to differ. */
 #define MAX_TOKENS 40
+/* A generation long enough that stopping it early is measurable. */
+#define LONG_TOKENS 1500
 
 static char *model_file; /* tiny-f32.gguf; set once in main() */
 
@@ -758,6 +760,38 @@ static void test_prompt_and_ask(void)
     cobra_model_free(model);
 }
 
+/* Microseconds of one uncancelled LONG_TOKENS answer on this machine now: what "promptly"
+ * is measured against. */
+static gint64 long_generation_us(void)
+{
+    CobraModel *model = load_model();
+    CobraSession *s = cobra_session_new(model, N_THREADS, NULL);
+    GstVideoInfo info;
+    CobraTimings timings;
+    CobraParams params;
+    GstVideoFrame f;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 64, 48);
+    GstBuffer *buf = make_frame(&info, 1, 0);
+    g_assert_true(gst_video_frame_map(&f, &info, buf, GST_MAP_READ));
+    CobraImage img = {COBRA_FORMAT_RGB, 64, 48, {GST_VIDEO_FRAME_PLANE_DATA(&f, 0)},
+                      {GST_VIDEO_FRAME_PLANE_STRIDE(&f, 0)}, 0};
+    cobra_params_init(&params);
+    params.max_tokens = LONG_TOKENS;
+    gint64 t0 = g_get_monotonic_time();
+    g_assert_true(cobra_session_set_image(s, &img, NULL));
+    g_free(cobra_session_ask(s, "Describe the image.", &params, NULL, NULL, NULL));
+    gint64 us = g_get_monotonic_time() - t0;
+    cobra_session_get_timings(s, &timings);
+    g_assert_cmpint(timings.n_generated, ==, LONG_TOKENS); /* no early stop token */
+    g_test_message("an uncancelled %d-token answer takes %" G_GINT64_FORMAT " us", LONG_TOKENS, us);
+    gst_video_frame_unmap(&f);
+    gst_buffer_unref(buf);
+    cobra_session_free(s);
+    cobra_model_free(model);
+    return us;
+}
+
 /* Waits for the first partial message of a generation; FALSE on timeout. */
 static gboolean wait_generating(GstBus *bus, GstClockTime timeout)
 {
@@ -777,7 +811,8 @@ static gboolean wait_generating(GstBus *bus, GstClockTime timeout)
  * on afterwards. */
 static void test_flush(void)
 {
-    GstElement *vlm = make_vlm("max-tokens", 1500, "partial-messages", TRUE, NULL);
+    gint64 full_us = long_generation_us();
+    GstElement *vlm = make_vlm("max-tokens", LONG_TOKENS, "partial-messages", TRUE, NULL);
     GstVideoInfo info;
     GstSegment seg;
     Rig r;
@@ -803,9 +838,9 @@ static void test_flush(void)
         if (!answered)
             g_usleep(5000);
     }
-    guint64 flush_us = g_get_monotonic_time() - t0;
-    g_test_message("flush to the next answer: %" G_GUINT64_FORMAT " us", flush_us);
-    g_assert_cmpuint(flush_us, <, 10 * G_USEC_PER_SEC);
+    gint64 flush_us = g_get_monotonic_time() - t0;
+    g_test_message("flush to the next answer: %" G_GINT64_FORMAT " us", flush_us);
+    g_assert_cmpint(flush_us, <, full_us / 3);
 
     /* the only answer is the one after the flush */
     GstStructure *s = next_result(r.bus, 0);
@@ -833,9 +868,10 @@ static void test_seek_sync(void)
 {
     char *desc = g_strdup_printf(
         "videotestsrc pattern=ball ! video/x-raw,width=64,height=48,framerate=10/1 ! "
-        "cobravlm name=vlm model-file=%s n-threads=%d async=false max-tokens=1500 "
+        "cobravlm name=vlm model-file=%s n-threads=%d async=false max-tokens=%d "
         "partial-messages=true ! fakesink",
-        model_file, N_THREADS);
+        model_file, N_THREADS, LONG_TOKENS);
+    gint64 full_us = long_generation_us();
     GstElement *p = launch(desc);
     GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
     GstBus *bus = gst_element_get_bus(p);
@@ -853,7 +889,7 @@ static void test_seek_sync(void)
     g_assert_nonnull(s);
     g_test_message("seek took %" G_GINT64_FORMAT " us; next answer for %" G_GUINT64_FORMAT,
                    seek_us, get_u64(s, "source-pts"));
-    g_assert_cmpint(seek_us, <, 2 * G_USEC_PER_SEC);
+    g_assert_cmpint(seek_us, <, full_us / 3);
     g_assert_cmpuint(get_u64(s, "source-pts"), >=, 5 * GST_SECOND);
     g_assert_cmpuint(get_u64(s, "seq"), ==, 1);
     gst_structure_free(s);
@@ -899,9 +935,10 @@ static void test_state_cycles(void)
 {
     char *desc = g_strdup_printf(
         "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! "
-        "cobravlm name=vlm model-file=%s n-threads=%d interval=0 max-tokens=1500 "
+        "cobravlm name=vlm model-file=%s n-threads=%d interval=0 max-tokens=%d "
         "partial-messages=true ! fakesink  vlm.text_src ! fakesink async=false",
-        model_file, N_THREADS);
+        model_file, N_THREADS, LONG_TOKENS);
+    gint64 full_us = long_generation_us();
     GstElement *p = launch(desc);
     GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
     GstBus *bus = gst_element_get_bus(p);
@@ -927,7 +964,7 @@ static void test_state_cycles(void)
     g_test_message("slowest PLAYING -> NULL: %" G_GINT64_FORMAT " us; threads %u -> %u, "
                    "files %u -> %u", worst, threads, count_proc_entries("task"), fds,
                    count_proc_entries("fd"));
-    g_assert_cmpint(worst, <, 2 * G_USEC_PER_SEC);
+    g_assert_cmpint(worst, <, full_us / 3);
     /* GLib's thread pools keep a few idle threads */
     g_assert_cmpuint(count_proc_entries("task"), <=, threads + 2);
     g_assert_cmpuint(count_proc_entries("fd"), ==, fds);
