@@ -39,10 +39,6 @@
  * ]| Shows the captions over a live camera.
  */
 
-#ifdef HAVE_CONFIG_H
-#include "config.h"
-#endif
-
 #include <string.h>
 
 #include "cobra.h"
