@@ -221,46 +221,6 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PARALLEL_MIN 65536
 
-/* The conv and scan kernels are built for the common x86-64 levels, one picked at load time:
- * the default target has only SSE2. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SIMD_TARGETS __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SIMD_TARGETS
-#endif
-
-/* exp(x) to about 1 ulp (max relative error 8e-8) in plain arithmetic, so that the conv and scan
- * loops vectorise; libm's expf is a call per element. Inputs beyond [-87, 88] are clamped. */
-static inline float fast_expf(float x)
-{
-    /* The clamp works on the bit pattern: integer min/max vectorise, float ones need
-     * -ffinite-math-only. Unsigned order puts every negative float above the positives. */
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    u = MIN(u, 0xC2AE0000u); /* -87.0f */
-    int32_t i = MIN((int32_t)u, 0x42B00000); /* 88.0f */
-    memcpy(&x, &i, 4);
-    /* x = k ln2 + r, |r| <= ln2/2; adding 1.5 * 2^23 rounds x/ln2 to the integer k. */
-    const float magic = 12582912.0f;
-    float kf = x * 1.44269504088896341f + magic;
-    int32_t k;
-    memcpy(&k, &kf, 4);
-    k -= 0x4B400000;
-    kf -= magic;
-    const float r = (x - kf * 0.693145751953125f) - kf * 1.428606765330187045e-06f;
-    float p = 1.9875691500e-4f; /* exp(r) - 1 - r, Cephes expf */
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int32_t bits = (k + 127) * (1 << 23); /* 2^k */
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
 static inline float fast_silu(float v)
 {
     return v / (1.0f + fast_expf(-v));

@@ -13,9 +13,11 @@
 #include <omp.h>
 #include <string.h>
 
-/* Rows of weights dequantised per GEMM call: large enough for sgemm to be efficient, small
- * enough (256 x 5120 floats = 5 MiB at most for cobra+3b) to stay in the outer caches. */
-#define TILE_ROWS 256
+/* Floats of weights dequantised per GEMM call (32 MiB). Every call re-packs all of x, so few
+ * large tiles beat many cache-sized ones: cobra+3b's widest matrices take 3-4 calls. */
+#define TILE_FLOATS ((size_t)8 << 20)
+/* The fewest rows a tile holds, whatever the width. */
+#define TILE_MIN_ROWS 64
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
 
@@ -132,12 +134,24 @@ __attribute__((target("avx2,f16c"))) static void dequant_row_f16_avx2(const uint
         out[j] = _cvtsh_ss(w[j]);
 }
 
-static void dequant_row_q8_0(const BlockQ8_0 *w, float *out, int cols)
+static void dequant_row_q8_0_c(const BlockQ8_0 *w, float *out, int cols)
 {
     for (int b = 0; b < cols / QK8_0; b++) {
         float d = fp16_to_fp32(w[b].d);
         for (int i = 0; i < QK8_0; i++)
             out[b * QK8_0 + i] = d * w[b].qs[i];
+    }
+}
+
+__attribute__((target("avx2,f16c"))) static void dequant_row_q8_0_avx2(const BlockQ8_0 *w,
+                                                                         float *out, int cols)
+{
+    for (int b = 0; b < cols / QK8_0; b++) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d));
+        for (int i = 0; i < QK8_0; i += 8) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w[b].qs + i)));
+            _mm256_storeu_ps(out + b * QK8_0 + i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
     }
 }
 
@@ -167,7 +181,12 @@ void mat_get_row(const Mat *W, int r, float *out)
         else
             dequant_row_f16_c(row, out, W->cols);
         break;
-    case GGML_TYPE_Q8_0: dequant_row_q8_0(row, out, W->cols); break;
+    case GGML_TYPE_Q8_0:
+        if (cpu_isa() != ISA_C)
+            dequant_row_q8_0_avx2(row, out, W->cols);
+        else
+            dequant_row_q8_0_c(row, out, W->cols);
+        break;
     }
 }
 
@@ -178,9 +197,17 @@ Mat mat_from_tensor(const GgufTensor *t)
 
 /* ---- workspace -------------------------------------------------------------------------------- */
 
+/* Rows of a matrix of `cols` columns dequantised per GEMM call. */
+static int tile_rows(int cols)
+{
+    return (int)MAX(TILE_MIN_ROWS, TILE_FLOATS / (size_t)cols / 16 * 16);
+}
+
+/* The tile is allocated for the budget but only the rows in use are ever touched (and so
+ * resident). */
 static void ensure_capacity(Workspace *ws, int cols)
 {
-    size_t tile = (size_t)TILE_ROWS * cols;
+    size_t tile = (size_t)tile_rows(cols) * cols;
     size_t xq = (size_t)(cols / QK8_0 + 1) * sizeof(BlockQ8x);
     if (tile > ws->tile_floats) {
         g_free(ws->tile);
@@ -194,7 +221,7 @@ static void ensure_capacity(Workspace *ws, int cols)
     }
 }
 
-/* The tile holds TILE_ROWS dequantised rows whatever n is; max_n does not change the size. */
+/* The tile holds a budget of dequantised rows whatever n is; max_n does not change the size. */
 void workspace_init(Workspace *ws, int max_cols, int max_n)
 {
     memset(ws, 0, sizeof *ws);
@@ -444,8 +471,9 @@ void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, 
         sgemm_xwt(out, rows, x, n, W->data, rows, cols, beta);
         return;
     }
-    for (int r0 = 0; r0 < rows; r0 += TILE_ROWS) {
-        int nr = MIN(TILE_ROWS, rows - r0);
+    const int step = tile_rows(cols);
+    for (int r0 = 0; r0 < rows; r0 += step) {
+        int nr = MIN(step, rows - r0);
         dequant_tile(W, r0, nr, ws->tile);
         sgemm_xwt(out + r0, rows, x, n, ws->tile, nr, cols, beta);
     }
@@ -487,32 +515,85 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float e
     }
 }
 
+/* erfc(a) for a >= 0 to 1.2e-7 relative (Numerical Recipes' erfcc, a Chebyshev fit of
+ * erfc(a) e^(a^2) in t), through fast_expf so that GELU vectorises. */
+static inline float erfc_nonneg(float a)
+{
+    const float t = 1.0f / (1.0f + 0.5f * a);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    return t * fast_expf(p - a * a);
+}
+
+/* 0.5 x (1 + erf(z)), z = x / sqrt 2, with erf(z) = sign(z) (1 - erfc(|z|)). */
+SIMD_TARGETS static void gelu_span(float *x, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        const float v = x[i], half_erfc = 0.5f * erfc_nonneg(fabsf(v) * (float)M_SQRT1_2);
+        x[i] = v * (0.5f + copysignf(0.5f - half_erfc, v));
+    }
+}
+
+SIMD_TARGETS static void silu_span(float *x, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        x[i] = x[i] / (1.0f + fast_expf(-x[i]));
+}
+
+/* Elements per parallel chunk of an element-wise kernel. */
+#define SPAN 4096
+
 void gelu(float *x, size_t len)
 {
 #pragma omp parallel for schedule(static) if (len >= PARALLEL_MIN)
-    for (size_t i = 0; i < len; i++)
-        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    for (size_t i = 0; i < len; i += SPAN)
+        gelu_span(x + i, MIN(SPAN, len - i));
 }
 
 void silu(float *x, size_t len)
 {
 #pragma omp parallel for schedule(static) if (len >= PARALLEL_MIN)
-    for (size_t i = 0; i < len; i++)
-        x[i] = x[i] / (1.0f + expf(-x[i]));
+    for (size_t i = 0; i < len; i += SPAN)
+        silu_span(x + i, MIN(SPAN, len - i));
 }
 
-void softmax(float *x, int len)
+/* Lanes of partial max / sum, so those reductions vectorise without reassociation flags. */
+#define LANES 16
+
+SIMD_TARGETS void softmax(float *x, int len)
 {
-    float max = x[0];
-    for (int i = 1; i < len; i++)
-        max = fmaxf(max, x[i]);
-    double sum = 0;
-    for (int i = 0; i < len; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < len; i++)
+    float m[LANES], sum[LANES] = {0};
+    for (int l = 0; l < LANES; l++)
+        m[l] = x[0];
+    int i = 0;
+    for (; i + LANES <= len; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+    for (; i < len; i++)
+        m[0] = x[i] > m[0] ? x[i] : m[0];
+    float max = m[0];
+    for (int l = 1; l < LANES; l++)
+        max = m[l] > max ? m[l] : max;
+    for (i = 0; i < len; i++)
+        x[i] = fast_expf(x[i] - max);
+    for (i = 0; i + LANES <= len; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            sum[l] += x[i + l];
+    for (; i < len; i++)
+        sum[0] += x[i];
+    double total = 0;
+    for (int l = 0; l < LANES; l++)
+        total += sum[l];
+    float inv = (float)(1.0 / total);
+    for (i = 0; i < len; i++)
         x[i] *= inv;
 }
 
