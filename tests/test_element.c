@@ -1214,7 +1214,9 @@ static void test_long_run(void)
                    run.n, analyzed, run.rss_kib[0], run.rss_kib[1]);
     g_assert_cmpuint(run.n, ==, 10000);
     g_assert_cmpuint(analyzed, ==, 500);
+#ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine keeps freed memory resident: nothing to measure */
     g_assert_cmpuint(run.rss_kib[1], <, run.rss_kib[0] + 4096);
+#endif
     g_hash_table_unref(results);
     gst_object_unref(pad);
     gst_object_unref(sink);
