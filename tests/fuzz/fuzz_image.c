@@ -9,7 +9,7 @@
  *         16384 limit occur
  *   6..8  per plane, stride = the least valid stride + byte - 4 (a few too small)
  *   9     bits 0..2: plane p is NULL
- *   10,11 output width and height - 1
+ *   10,11 output width and height: 1 + byte % 128
  * Each plane is its own allocation of exactly the bytes the image may touch (the last row only as
  * long as the least stride), so any read outside the frame trips AddressSanitizer. */
 #include <stdlib.h>
@@ -19,8 +19,11 @@
 #include "image.h"
 
 #define HEADER 12
-/* Frames above this many pixels are only validated: converting them would make runs slow. */
-#define MAX_CONVERTED_PIXELS (1 << 17)
+/* Frames above this many pixels are only validated, and outputs are at most this wide and high:
+ * bugs live in shapes (odd sizes, extreme ratios, tight strides), not in sheer size, and small
+ * frames keep runs fast. */
+#define MAX_CONVERTED_PIXELS (1 << 15)
+#define MAX_OUTPUT_SIDE 128
 
 typedef struct {
     CobraImage img;
@@ -125,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort(); /* a refusal must say why */
     g_clear_error(&error);
     if (valid && convertible)
-        convert(&f.img, data[10] + 1, data[11] + 1);
+        convert(&f.img, data[10] % MAX_OUTPUT_SIDE + 1, data[11] % MAX_OUTPUT_SIDE + 1);
     frame_free(&f);
     return 0;
 }
