@@ -95,8 +95,8 @@ def pipeline_caption(model, pattern, caps, prompt):
 
 
 def pipeline_part():
-    if not shutil.which("gst-launch-1.0"):
-        print("skip pipeline: no gst-launch-1.0")
+    if not (shutil.which("gst-launch-1.0") and shutil.which("gst-inspect-1.0")):
+        print("skip pipeline: no gst-launch-1.0 / gst-inspect-1.0")
         return
     probe = subprocess.run(["gst-inspect-1.0", "cobravlm"], capture_output=True, text=True)
     if probe.returncode != 0:
