@@ -5,7 +5,7 @@
 #              COBRA_THREADS  threads per cobravlm (default 0 = all cores)
 #              PROMPT  the question asked about each sampled frame
 
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 MODEL=${COBRA_MODEL:-$ROOT/build/tests/tiny-f32.gguf}
 THREADS=${COBRA_THREADS:-0}
