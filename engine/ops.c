@@ -568,7 +568,7 @@ void silu(float *x, size_t len)
 /* Lanes of partial max / sum, so those reductions vectorise without reassociation flags. */
 #define LANES 16
 
-SIMD_TARGETS void softmax(float *x, int len)
+SIMD_TARGETS static void softmax_clones(float *x, int len)
 {
     float m[LANES], sum[LANES] = {0};
     for (int l = 0; l < LANES; l++)
@@ -595,6 +595,13 @@ SIMD_TARGETS void softmax(float *x, int len)
     float inv = (float)(1.0 / total);
     for (i = 0; i < len; i++)
         x[i] *= inv;
+}
+
+/* Not multiversioned itself: clang 14 emits no plain symbol for an extern function with
+ * target_clones unless every declaration carries the attribute (vit.c failed to link). */
+void softmax(float *x, int len)
+{
+    softmax_clones(x, len);
 }
 
 void add(float *x, const float *y, size_t len)
