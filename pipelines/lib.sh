@@ -9,6 +9,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 MODEL=${COBRA_MODEL:-$ROOT/build/tests/tiny-f32.gguf}
 THREADS=${COBRA_THREADS:-0}
+# OpenMP threads that wait for work by spinning steal the cores other streams and other
+# processes need; on a busy machine that made each caption 20x slower. Sleep instead.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 PROMPT=${PROMPT:-Describe the image.}
 
 if [ ! -f "$MODEL" ]; then
