@@ -412,8 +412,10 @@ static DotFn pick_dot(GgmlType type)
     return dots[cpu_isa()][t];
 }
 
-/* out[r] = W[r] · x, rows split over threads (so the result is the same for any count). Q8_0
- * multiplies int8 by int8, so x is quantised first. */
+/* out[r] = W[r] · x, each row by one thread (so the result is the same for any count). Q8_0
+ * multiplies int8 by int8, so x is quantised first. Rows are handed out in chunks as threads
+ * come free: when another process holds a core, the running thread takes over the late one's
+ * rows instead of waiting at the barrier. */
 static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
 {
     DotFn dot = pick_dot(W->type);
@@ -422,7 +424,7 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
         quantize_row_q8x(x, ws->xq, W->cols);
         xv = ws->xq;
     }
-#pragma omp parallel for schedule(static) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
+#pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
     for (int r = 0; r < W->rows; r++)
         out[r] = dot(mat_row(W, r), xv, W->cols);
 }
