@@ -3,9 +3,13 @@
 # executions, the coverage reached (edges of the instrumented engine, and libFuzzer's features),
 # the corpus size and any crash.
 #
-#   tools/fuzz.sh [-b BUILD] SECONDS [SURFACE...]      SURFACE: gguf, tokenizer, image (default all)
+#   tools/fuzz.sh [-b BUILD] [-c COVBUILD] SECONDS [SURFACE...]   SURFACE: gguf, tokenizer, image
 #
 # BUILD (default build-fuzz) comes from `CC=clang meson setup BUILD -Dfuzz=true && ninja -C BUILD`.
+# With -c, each target's corpus is then replayed in COVBUILD, a clang build with source-based
+# coverage, and the share of lines run is printed per engine file the target drives:
+#   CC=clang meson setup COVBUILD -Dc_args='-fprofile-instr-generate -fcoverage-mapping' \
+#     -Dc_link_args=-fprofile-instr-generate && ninja -C COVBUILD      (needs the llvm package)
 # Inputs that find new coverage accumulate in BUILD/fuzz/corpus/SURFACE across runs (the committed
 # seeds in tests/fuzz/corpus/ are only read); crashes land in BUILD/fuzz/artifacts/SURFACE/, and
 # each target's full log in BUILD/fuzz/SURFACE.log. A crash input belongs in
@@ -13,10 +17,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=build-fuzz
-if [ "${1:-}" = "-b" ]; then
-  build=$2
+cov=
+while [ $# -gt 1 ] && [[ $1 == -[bc] ]]; do
+  [ "$1" = -b ] && build=$2 || cov=$2
   shift 2
-fi
+done
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]]; then
   sed -n '6p' "$0" >&2
   exit 2
@@ -48,6 +53,22 @@ summarise() {
   fi
 }
 
+# The engine files each target drives.
+declare -A sources=([gguf]="gguf.c cobra.c vit.c projector.c mamba.c tokenizer.c"
+  [tokenizer]="tokenizer.c" [image]="image.c")
+
+# "file NN.N%" of lines run by replaying the target's corpus in the coverage build.
+line_coverage() {
+  local surface=$1 raw=$build/fuzz/$surface.profraw data=$build/fuzz/$surface.profdata
+  LLVM_PROFILE_FILE=$raw "$cov/tests/fuzz/replay-$surface" "$build/fuzz/corpus/$surface" \
+    "tests/fuzz/corpus/$surface" >/dev/null 2>&1 &&
+    llvm-profdata merge -o "$data" "$raw" &&
+    llvm-cov report "$cov/tests/fuzz/replay-$surface" -instr-profile="$data" |
+    awk -v want=" ${sources[$surface]} " '$1 ~ /engine\/[a-z_]+\.c$/ {
+        n = split($1, p, "/"); if (index(want, " " p[n] " ")) out = out sprintf(" %s %s,", p[n], $10) }
+      END { sub(/,$/, "", out); print "          lines run:" out }'
+}
+
 failed=0
 for surface in "${surfaces[@]}"; do
   exe=$build/tests/fuzz/fuzz-$surface
@@ -62,6 +83,7 @@ for surface in "${surfaces[@]}"; do
     "$build/fuzz/corpus/$surface" "tests/fuzz/corpus/$surface" >"$log" 2>&1
   status=$?
   summarise "$surface" "$log" "$status"
+  [ -z "$cov" ] || line_coverage "$surface"
   [ "$status" -eq 0 ] || failed=1
 done
 exit $failed
