@@ -38,12 +38,16 @@ def check(ok, what):
         failures.append(what)
 
 
-def ask_cli(model, image, question):
-    r = subprocess.run([CLI, "-m", str(model), "-i", str(image), "-p", question, "-n", "32", "-t", "1"],
-                       capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        return f"<cobra-cli failed: {r.stderr.strip()[-200:]}>"
-    return r.stdout.strip()
+def ask_cli(model, image, questions):
+    """The answers to every question about one image, from one cobra-cli run (one vision pass)."""
+    cmd = [CLI, "-m", str(model), "-i", str(image), "-n", "32", "-t", "1"]
+    for q in questions:
+        cmd += ["-p", q]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    answers = r.stdout.split("\n")[:len(questions)]
+    if r.returncode != 0 or len(answers) != len(questions):
+        return [f"<cobra-cli failed: {r.stderr.strip()[-200:]}>"] * len(questions)
+    return [a.strip() for a in answers]
 
 
 def engine_part(tmp):
@@ -57,9 +61,13 @@ def engine_part(tmp):
     check(len(items) == len(held["items"]), f"reference answers cover all {len(held['items'])} held-out questions")
     for outtype in ("f32", "q8_0"):
         model = MODELS / f"demo-{outtype}.gguf"
+        by_image = {}
+        for it in items:
+            by_image.setdefault(it["image"], []).append(it["question"])
         with ThreadPoolExecutor(JOBS) as pool:
-            answers = list(pool.map(lambda it: ask_cli(model, tmp / f"{it['image']}.npy", it["question"]),
-                                    items))
+            replies = dict(zip(by_image, pool.map(
+                lambda key: ask_cli(model, tmp / f"{key}.npy", by_image[key]), by_image)))
+        answers = [replies[it["image"]][by_image[it["image"]].index(it["question"])] for it in items]
         score = {}
         for it, a in zip(items, answers):
             s = score.setdefault(kinds[it["image"]], [0, 0])

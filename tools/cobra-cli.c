@@ -3,7 +3,9 @@
  *   cobra-cli -m cobra.gguf -i photo.jpg -p "What is in the picture?"
  *
  * Prints only the answer on stdout; diagnostics and timings go to stderr. The image is decoded
- * with GStreamer (any format it reads) or read from a uint8 H x W x 3 .npy array.
+ * with GStreamer (any format it reads) or read from a uint8 H x W x 3 .npy array. -p may be
+ * given several times: the image is encoded once and each answer printed on its own line
+ * (a newline inside an answer then written as \n).
  * --dump-dir writes every intermediate as .npy under the names of the reference dumps;
  * --tokenize / --detokenize convert between text on stdin and a JSON array of ids.
  */
@@ -122,6 +124,20 @@ static gboolean print_piece(const char *piece, int id, void *user_data)
     return TRUE;
 }
 
+static void report_timings(const CobraSession *session)
+{
+    CobraTimings t;
+    cobra_session_get_timings(session, &t);
+    fprintf(stderr, "\n");
+    if (t.n_prompt_truncated)
+        fprintf(stderr, "warning: the question was cut by %d tokens to fit the context\n",
+                t.n_prompt_truncated);
+    fprintf(stderr,
+            "image %.3f s | prefill %d+%d tokens %.3f s | decode %d tokens %.3f s (%.2f tok/s)\n",
+            t.image_s, t.n_image_tokens, t.n_prompt_tokens, t.prefill_s, t.n_generated,
+            t.decode_s, t.decode_s > 0 ? t.n_generated / t.decode_s : 0.0);
+}
+
 static char *read_stdin(void)
 {
     GString *s = g_string_new(NULL);
@@ -181,7 +197,8 @@ static int detokenize(CobraModel *model, gboolean skip_special)
 int main(int argc, char **argv)
 {
     /* Freed at return (the option parser allocates them), so leak checkers see a clean exit. */
-    g_autofree char *model_path = NULL, *image_path = NULL, *prompt = NULL, *dump_dir = NULL;
+    g_autofree char *model_path = NULL, *image_path = NULL, *dump_dir = NULL;
+    g_auto(GStrv) prompts = NULL;
     int threads = 0;
     gboolean do_tokenize = FALSE, do_detokenize = FALSE, skip_special = FALSE;
     double temp = 0, top_p = 1, repeat_penalty = 1;
@@ -193,7 +210,8 @@ int main(int argc, char **argv)
         {"model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "Model file (.gguf)", "FILE"},
         {"image", 'i', 0, G_OPTION_ARG_FILENAME, &image_path,
          "Image: any format GStreamer decodes, or a uint8 HxWx3 .npy", "FILE"},
-        {"prompt", 'p', 0, G_OPTION_ARG_STRING, &prompt, "Question about the image", "TEXT"},
+        {"prompt", 'p', 0, G_OPTION_ARG_STRING_ARRAY, &prompts,
+         "Question about the image (repeat for several)", "TEXT"},
         {"n-predict", 'n', 0, G_OPTION_ARG_INT, &max_tokens, "Maximum new tokens (default 64)",
          "N"},
         {"threads", 't', 0, G_OPTION_ARG_INT, &threads, "Threads (default: all cores)", "N"},
@@ -231,7 +249,7 @@ int main(int argc, char **argv)
         cobra_model_free(model);
         return status;
     }
-    if (!image_path || !prompt)
+    if (!image_path || !prompts)
         die("pass an image (-i) and a question (-p)");
 
     params.max_tokens = max_tokens;
@@ -256,21 +274,22 @@ int main(int argc, char **argv)
     }
     if (!cobra_session_set_image(session, &img.image, &err))
         die("%s", err->message);
-    char *answer = cobra_session_ask(session, prompt, &params, print_piece, NULL, &err);
-    if (!answer)
-        die("%s", err->message);
-    CobraTimings t;
-    cobra_session_get_timings(session, &t);
-    fprintf(stderr, "\n");
-    if (t.n_prompt_truncated)
-        fprintf(stderr, "warning: the question was cut by %d tokens to fit the context\n",
-                t.n_prompt_truncated);
-    fprintf(stderr,
-            "image %.3f s | prefill %d+%d tokens %.3f s | decode %d tokens %.3f s (%.2f tok/s)\n",
-            t.image_s, t.n_image_tokens, t.n_prompt_tokens, t.prefill_s, t.n_generated,
-            t.decode_s, t.decode_s > 0 ? t.n_generated / t.decode_s : 0.0);
-    puts(answer);
-    g_free(answer);
+    gboolean several = prompts[0] && prompts[1];
+    for (char **q = prompts; *q; q++) {
+        char *answer = cobra_session_ask(session, *q, &params, print_piece, NULL, &err);
+        if (!answer)
+            die("%s", err->message);
+        report_timings(session);
+        if (several) {
+            char **lines = g_strsplit(answer, "\n", -1);
+            g_free(answer);
+            answer = g_strjoinv("\\n", lines);
+            g_strfreev(lines);
+        }
+        puts(answer);
+        fflush(stdout);
+        g_free(answer);
+    }
     cobra_session_free(session);
     cobra_model_free(model);
     g_bytes_unref(img.pixels);
