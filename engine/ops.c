@@ -570,20 +570,47 @@ void silu(float *x, size_t len)
 /* Lanes of partial max / sum, so those reductions vectorise without reassociation flags. */
 #define LANES 16
 
-SIMD_TARGETS static void softmax_clones(float *x, int len)
+/* A float's bits as an int32 in the floats' order (NaN aside): negative floats have their
+ * magnitude bits flipped. Its own inverse. GCC vectorises an integer max but not a float one
+ * (without -ffinite-math-only). */
+static inline int32_t float_order(float f)
 {
-    float m[LANES], sum[LANES] = {0};
+    int32_t i;
+    memcpy(&i, &f, 4);
+    return i ^ (int32_t)((uint32_t)(i >> 31) >> 1);
+}
+
+static inline float order_float(int32_t i)
+{
+    i ^= (int32_t)((uint32_t)(i >> 31) >> 1);
+    float f;
+    memcpy(&f, &i, 4);
+    return f;
+}
+
+static inline float max_of(const float *x, int len)
+{
+    int32_t m[LANES], max = float_order(x[0]);
     for (int l = 0; l < LANES; l++)
-        m[l] = x[0];
+        m[l] = max;
     int i = 0;
     for (; i + LANES <= len; i += LANES)
-        for (int l = 0; l < LANES; l++)
-            m[l] = x[i + l] > m[l] ? x[i + l] : m[l];
+        for (int l = 0; l < LANES; l++) {
+            const int32_t v = float_order(x[i + l]);
+            m[l] = v > m[l] ? v : m[l];
+        }
     for (; i < len; i++)
-        m[0] = x[i] > m[0] ? x[i] : m[0];
-    float max = m[0];
-    for (int l = 1; l < LANES; l++)
-        max = m[l] > max ? m[l] : max;
+        max = MAX(max, float_order(x[i]));
+    for (int l = 0; l < LANES; l++)
+        max = MAX(max, m[l]);
+    return order_float(max);
+}
+
+SIMD_TARGETS static void softmax_clones(float *x, int len)
+{
+    float sum[LANES] = {0};
+    const float max = max_of(x, len);
+    int i;
     for (i = 0; i < len; i++)
         x[i] = fast_expf(x[i] - max);
     for (i = 0; i + LANES <= len; i += LANES)
