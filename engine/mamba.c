@@ -287,10 +287,10 @@ static void conv1d_silu(float *xc, float *conv, const float *x, size_t ldx, int 
  *   h[k] = exp(dt A[c][k]) h[k] + dt B[t][k] x,  y = (Σ_k h[k] C[t][k] + D[c] x) SiLU(z).
  * Channels are independent and x, dt, z, y are contiguous in c, so the vector loop runs over
  * channels (a block's state transposed to [ds][block]); the time loop is the serial part. */
-SIMD_TARGETS
-static void scan_block(float *y, float *h, const float *x, const float *dt, const float *z,
-                       size_t ldz, const float *bc, size_t ldbc, const float *A, const float *D,
-                       int n, int di, int ds, int c0, int cw)
+static inline __attribute__((always_inline)) void
+scan_channels(float *y, float *h, const float *x, const float *dt, const float *z, size_t ldz,
+              const float *bc, size_t ldbc, const float *A, const float *D, int n, int di, int ds,
+              int c0, int cw)
 {
     float hb[MAX_D_STATE][SCAN_BLOCK], Ab[MAX_D_STATE][SCAN_BLOCK];
     for (int k = 0; k < ds; k++) {
@@ -323,6 +323,19 @@ static void scan_block(float *y, float *h, const float *x, const float *dt, cons
     for (int k = 0; k < ds; k++)
         for (int j = 0; j < cw; j++)
             h[(size_t)(c0 + j) * ds + k] = hb[k][j];
+}
+
+/* A full block is scanned with cw a constant, so its channel loops are whole vectors with no
+ * remainder loop or overlap checks. */
+SIMD_TARGETS
+static void scan_block(float *y, float *h, const float *x, const float *dt, const float *z,
+                       size_t ldz, const float *bc, size_t ldbc, const float *A, const float *D,
+                       int n, int di, int ds, int c0, int cw)
+{
+    if (cw == SCAN_BLOCK)
+        scan_channels(y, h, x, dt, z, ldz, bc, ldbc, A, D, n, di, ds, c0, SCAN_BLOCK);
+    else
+        scan_channels(y, h, x, dt, z, ldz, bc, ldbc, A, D, n, di, ds, c0, cw);
 }
 
 static void selective_scan(float *y, float *h, const float *x, const float *dt, const float *z,
