@@ -3,9 +3,10 @@
 them).
 
 gguf: the smallest complete Cobra model (4x4 images, 2x2 patches, 4-wide layers, a 262-token
-vocabulary: every tensor and key the loaders read, in F32, F16 and Q8_0), a copy of it with a
-wrong architecture, and copies cut short in the header, the metadata, the tensor table and the
-data. The tiny test model (4-9 MB) would be too big a seed: mutations would land in tensor data.
+vocabulary: every tensor and key the loaders read, in F32, F16 and Q8_0), variants of it (a wrong
+architecture, three towers, fewer embedding rows than tokens, an 8-token context), and copies cut
+short in the header, the metadata, the tensor table and the data. The tiny test model (4-9 MB)
+would be too big a seed: mutations would land in tensor data.
 tokenizer: texts from tests/data/tokenizer/cases.jsonl, and the ids of some cases as 16-bit ids.
 image: one small frame per pixel format, odd sizes and padded strides among them.
 
@@ -116,9 +117,9 @@ def add_projector(t, fused):
     t.add("mm.4.bias", (D_MODEL,))
 
 
-def add_mamba(w, t, vocab):
-    for key, value in [("context_length", 64), ("embedding_length", D_MODEL), ("block_count", 1),
-                       ("ssm.conv_kernel", D_CONV), ("ssm.inner_size", D_INNER),
+def add_mamba(w, t, vocab, context):
+    for key, value in [("context_length", context), ("embedding_length", D_MODEL),
+                       ("block_count", 1), ("ssm.conv_kernel", D_CONV), ("ssm.inner_size", D_INNER),
                        ("ssm.state_size", D_STATE), ("ssm.time_step_rank", DT_RANK),
                        ("vocab_size", vocab)]:
         w.add_uint32("mamba." + key, value)
@@ -137,7 +138,8 @@ def add_mamba(w, t, vocab):
     t.add("blk.0.ssm_out.weight", (D_MODEL, D_INNER), g.F16)
 
 
-def write_model(path, arch="cobra"):
+def write_model(path, arch="cobra", towers=tuple(TOWERS), embedding_rows=None, context=64):
+    """The minimal model; the arguments make variants that load but fail or cut later."""
     w = g.GGUFWriter()
     t = Tensors(w)
     w.add_string("general.architecture", arch)
@@ -147,12 +149,12 @@ def write_model(path, arch="cobra"):
     w.add_string("cobra.prompt_template", PROMPT_TEMPLATE)
     w.add_uint32("clip.vision.image_size", IMAGE)
     w.add_uint32("clip.vision.patch_size", PATCH)
-    w.add_array("clip.vision.feature_order", g.T_STRING, list(TOWERS))
+    w.add_array("clip.vision.feature_order", g.T_STRING, list(towers))
     for name, hparams in TOWERS.items():
         add_tower(w, t, name, *hparams)
     add_projector(t, sum(h[0] for h in TOWERS.values()))
     tokens, types = vocabulary()
-    add_mamba(w, t, len(tokens))
+    add_mamba(w, t, embedding_rows or len(tokens), context)
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_array("tokenizer.ggml.tokens", g.T_STRING, tokens)
     w.add_array("tokenizer.ggml.token_type", g.T_INT32, types)
@@ -165,6 +167,9 @@ def gguf_seeds(out):
     model = out / "minimal.gguf"
     write_model(model)
     write_model(out / "wrong-architecture.gguf", arch="mamba")
+    write_model(out / "three-towers.gguf", towers=("dino", "siglip", "dino"))
+    write_model(out / "short-embedding.gguf", embedding_rows=64)  # most byte tokens lack a row
+    write_model(out / "short-context.gguf", context=8)  # the question is cut to fit
     data = model.read_bytes()
     r = g.GGUFReader(model)
     first_tensor = min(t.offset for t in r.tensors.values())
