@@ -341,6 +341,45 @@ static void quantize_row_q8x(const float *x, BlockQ8x *out, int n)
     }
 }
 
+/* The same quantisation, bit for bit, 8 values at a time: libm's fmaxf and roundf calls made
+ * it half the time of a small Q8_0 matrix-vector product, all of it serial. roundf's ties go
+ * away from zero, so a tie that the hardware rounded to even is moved to the next integer. */
+TARGET_AVX2 static void quantize_row_q8x_avx2(const float *x, BlockQ8x *out, int n)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    for (int b = 0; b < n / QK8_0; b++) {
+        const float *xb = x + b * QK8_0;
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], abs_mask));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        out[b].d = d;
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 s = _mm256_mul_ps(v[i], _mm256_set1_ps(id));
+            __m256 t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 r = _mm256_round_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m256 tie = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(s, t), abs_mask),
+                                       _mm256_set1_ps(0.5f), _CMP_EQ_OQ);
+            __m256 away = _mm256_add_ps(t, _mm256_or_ps(_mm256_set1_ps(1.0f),
+                                                        _mm256_and_ps(s, sign_mask)));
+            q[i] = _mm256_cvtps_epi32(_mm256_blendv_ps(r, away, tie));
+        }
+        /* int32 -> int8 (values are within +-127); packs interleave 128-bit lanes, the
+         * permute puts them back in order. */
+        __m256i lo = _mm256_packs_epi32(q[0], q[1]), hi = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packs_epi16(lo, hi);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)out[b].qs, p8);
+    }
+}
+
 static float dot_q8_0_c(const void *wv, const void *xv, int n)
 {
     const BlockQ8_0 *w = wv;
@@ -421,7 +460,10 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
     DotFn dot = pick_dot(W->type);
     const void *xv = x;
     if (W->type == GGML_TYPE_Q8_0) {
-        quantize_row_q8x(x, ws->xq, W->cols);
+        if (cpu_isa() != ISA_C)
+            quantize_row_q8x_avx2(x, ws->xq, W->cols);
+        else
+            quantize_row_q8x(x, ws->xq, W->cols);
         xv = ws->xq;
     }
 #pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
