@@ -40,18 +40,6 @@ static const float *require_f32(const GgufFile *f, const char *name, int n_dims,
     return t ? t->data : NULL;
 }
 
-/* A matrix W[rows][cols] (ggml ne = [cols, rows]) in any matrix type. */
-static gboolean require_mat(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
-                            Mat *out, GError **error)
-{
-    const int64_t ne[2] = {cols, rows};
-    const GgufTensor *t = gguf_require_tensor(f, name, 2, ne, GGUF_TYPES_MATRIX, error);
-    if (!t)
-        return FALSE;
-    *out = mat_from_tensor(t);
-    return TRUE;
-}
-
 static gboolean load_layer(MambaLayer *l, const Mamba *m, int i, const GgufFile *f,
                            GError **error)
 {
@@ -59,15 +47,19 @@ static gboolean load_layer(MambaLayer *l, const Mamba *m, int i, const GgufFile 
     char name[96];
 #define NAME(suffix) (g_snprintf(name, sizeof name, "blk.%d." suffix, i), name)
     return (l->norm = require_f32(f, NAME("attn_norm.weight"), 1, d, 1, error)) &&
-           require_mat(f, NAME("ssm_in.weight"), 2 * (int64_t)di, d, &l->in_proj, error) &&
+           mat_require(f, NAME("ssm_in.weight"), 2 * (int64_t)di, d, GGUF_TYPES_MATRIX,
+                       &l->in_proj, error) &&
            (l->conv_w = require_f32(f, NAME("ssm_conv1d.weight"), 2, dc, di, error)) &&
            (l->conv_b = require_f32(f, NAME("ssm_conv1d.bias"), 1, di, 1, error)) &&
-           require_mat(f, NAME("ssm_x.weight"), r + 2 * (int64_t)ds, di, &l->x_proj, error) &&
-           require_mat(f, NAME("ssm_dt.weight"), di, r, &l->dt_proj, error) &&
+           mat_require(f, NAME("ssm_x.weight"), r + 2 * (int64_t)ds, di, GGUF_TYPES_MATRIX,
+                       &l->x_proj, error) &&
+           mat_require(f, NAME("ssm_dt.weight"), di, r, GGUF_TYPES_MATRIX, &l->dt_proj,
+                       error) &&
            (l->dt_b = require_f32(f, NAME("ssm_dt.bias"), 1, di, 1, error)) &&
            (l->A = require_f32(f, NAME("ssm_a"), 2, ds, di, error)) &&
            (l->D = require_f32(f, NAME("ssm_d"), 1, di, 1, error)) &&
-           require_mat(f, NAME("ssm_out.weight"), d, di, &l->out_proj, error);
+           mat_require(f, NAME("ssm_out.weight"), d, di, GGUF_TYPES_MATRIX, &l->out_proj,
+                       error);
 #undef NAME
 }
 
@@ -95,8 +87,9 @@ gboolean mamba_load(Mamba *m, const GgufFile *f, GError **error)
     m->eps = (float)eps;
 
     const char *head = gguf_find_tensor(f, "output.weight") ? "output.weight" : "token_embd.weight";
-    if (!require_mat(f, "token_embd.weight", m->n_vocab, m->d_model, &m->embed, error) ||
-        !require_mat(f, head, m->n_vocab, m->d_model, &m->lm_head, error) ||
+    if (!mat_require(f, "token_embd.weight", m->n_vocab, m->d_model, GGUF_TYPES_MATRIX,
+                     &m->embed, error) ||
+        !mat_require(f, head, m->n_vocab, m->d_model, GGUF_TYPES_MATRIX, &m->lm_head, error) ||
         !(m->norm_f = require_f32(f, "output_norm.weight", 1, m->d_model, 1, error)))
         return FALSE;
 

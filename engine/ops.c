@@ -195,6 +195,17 @@ Mat mat_from_tensor(const GgufTensor *t)
     return (Mat){ .data = t->data, .type = t->type, .rows = (int)t->ne[1], .cols = (int)t->ne[0] };
 }
 
+gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
+                     unsigned types, Mat *out, GError **error)
+{
+    const int64_t ne[2] = {cols, rows};
+    const GgufTensor *t = gguf_require_tensor(f, name, 2, ne, types, error);
+    if (!t)
+        return FALSE;
+    *out = mat_from_tensor(t);
+    return TRUE;
+}
+
 /* ---- workspace -------------------------------------------------------------------------------- */
 
 /* Rows of a matrix of `cols` columns dequantised per GEMM call. */

@@ -30,6 +30,11 @@ typedef struct {
 
 /* Bind a 2-D tensor as a matrix (rows = ne[1], cols = ne[0]). */
 Mat mat_from_tensor(const GgufTensor *t);
+/* The tensor `name` of f with `rows` outputs and `cols` inputs and a type in `types`, bound as a
+ * matrix; FALSE and an error naming the file and the tensor otherwise. How every loader binds its
+ * weights. */
+gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
+                     unsigned types, Mat *out, GError **error);
 
 /* Per-session scratch for matmul (dequantised weight tiles, quantised activations).
  * Sized once for the widest matrix and the largest n the session uses. */

@@ -8,16 +8,13 @@ static gboolean require_linear(const GgufFile *f, int index, int rows, int cols,
 {
     char name[32];
     g_snprintf(name, sizeof name, "mm.%d.weight", index);
-    const int64_t ne[2] = {cols, rows};
-    const GgufTensor *tw = gguf_require_tensor(f, name, 2, ne, GGUF_TYPES_MATRIX, error);
-    if (!tw)
+    if (!mat_require(f, name, rows, cols, GGUF_TYPES_MATRIX, w, error))
         return FALSE;
     g_snprintf(name, sizeof name, "mm.%d.bias", index);
     const int64_t nb = rows;
     const GgufTensor *tb = gguf_require_tensor(f, name, 1, &nb, GGUF_TYPES_F32, error);
     if (!tb)
         return FALSE;
-    *w = mat_from_tensor(tw);
     *b = tb->data;
     return TRUE;
 }

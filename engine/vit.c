@@ -67,12 +67,7 @@ static gboolean require_mat(const GgufFile *f, const char *prefix, const char *n
 {
     char full[96];
     g_snprintf(full, sizeof full, "%s.%s", prefix, name);
-    const int64_t ne[2] = {cols, rows};
-    const GgufTensor *t = gguf_require_tensor(f, full, 2, ne, types, error);
-    if (!t)
-        return FALSE;
-    *out = mat_from_tensor(t);
-    return TRUE;
+    return mat_require(f, full, rows, cols, types, out, error);
 }
 
 static gboolean load_block(const GgufFile *f, const char *prefix, int i, int C, int F,
