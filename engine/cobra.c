@@ -98,14 +98,10 @@ static gboolean load_towers(CobraModel *m, GError **error)
         return FALSE;
     }
     for (int t = 0; t < N_TOWERS; t++) {
+        /* Both towers read their grid from clip.vision.image_size and patch_size, so the
+         * patch tokens of the two line up one to one. */
         if (!vit_load(&m->towers[t], m->file, order[t], error))
             return FALSE;
-        if (m->towers[t].grid != m->towers[0].grid) {
-            g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                        "%s: towers %s and %s have different grids (%d, %d)", gguf_path(m->file),
-                        order[0], order[t], m->towers[0].grid, m->towers[t].grid);
-            return FALSE;
-        }
         m->feature_dim += m->towers[t].dim;
     }
     m->image_size = m->towers[0].image_size;
