@@ -1,8 +1,10 @@
 /* ops.c - numeric kernels: matmul on F32/F16/Q8_0 weights, norms, activations, fp16.
  *
- * GEMM (n > 1) goes to OpenBLAS: F32 weights in place, F16/Q8_0 dequantised a tile of rows at a
- * time. Decoding (n == 1) is memory-bound, so it reads each weight once in a fused
- * dequantise-and-dot kernel, picked at run time for the CPU (AVX-512, AVX2+FMA+F16C, plain C).
+ * GEMM (n > 1) on F32 weights goes to OpenBLAS in place, on F16 weights dequantised a tile of
+ * rows at a time. Q8_0 weights meet activations quantised to Q8_0 as in ggml, in our own int8
+ * GEMM and int8 dot products. Decoding (n == 1) is memory-bound, so it reads each weight once
+ * in a fused dequantise-and-dot kernel. Kernels are picked at run time for the CPU (AVX-512 with
+ * VNNI, AVX2+FMA+F16C, plain C).
  */
 #include "ops.h"
 
@@ -13,7 +15,7 @@
 #include <omp.h>
 #include <string.h>
 
-/* Floats of weights dequantised per GEMM call (32 MiB). Every call re-packs all of x, so few
+/* Floats of F16 weights dequantised per GEMM call (32 MiB). Every call re-packs all of x, so few
  * large tiles beat many cache-sized ones: cobra+3b's widest matrices take 3-4 calls. */
 #define TILE_FLOATS ((size_t)8 << 20)
 /* The fewest rows a tile holds, whatever the width. */
@@ -206,6 +208,8 @@ gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t 
     return TRUE;
 }
 
+static size_t panel_block_bytes(int R);
+
 /* ---- workspace -------------------------------------------------------------------------------- */
 
 /* Rows of a matrix of `cols` columns dequantised per GEMM call. */
@@ -214,35 +218,44 @@ static int tile_rows(int cols)
     return (int)MAX(TILE_MIN_ROWS, TILE_FLOATS / (size_t)cols / 16 * 16);
 }
 
-/* The tile is allocated for the budget but only the rows in use are ever touched (and so
- * resident). */
-static void ensure_capacity(Workspace *ws, int cols)
+/* buf, or a new buffer of `bytes` if it holds fewer; contents are scratch. */
+static void *grow(void *buf, size_t *have, size_t bytes)
 {
-    size_t tile = (size_t)tile_rows(cols) * cols;
-    size_t xq = (size_t)(cols / QK8_0 + 1) * sizeof(BlockQ8x);
-    if (tile > ws->tile_floats) {
-        g_free(ws->tile);
-        ws->tile = g_new(float, tile);
-        ws->tile_floats = tile;
-    }
-    if (xq > ws->xq_bytes) {
-        g_free(ws->xq);
-        ws->xq = g_malloc(xq);
-        ws->xq_bytes = xq;
+    if (bytes <= *have)
+        return buf;
+    g_free(buf);
+    *have = bytes;
+    return g_malloc(bytes);
+}
+
+/* Room for matmul of `n` rows on a `cols`-wide matrix of `type`. A tile is allocated for its
+ * budget but only the rows in use are ever touched (and so resident). */
+static void ensure_capacity(Workspace *ws, GgmlType type, int cols, int n)
+{
+    if (type == GGML_TYPE_F16 && n > 1)
+        ws->tile = grow(ws->tile, &ws->tile_bytes, (size_t)tile_rows(cols) * cols * sizeof(float));
+    if (type == GGML_TYPE_Q8_0) {
+        size_t nb = (size_t)cols / QK8_0;
+        ws->xq = grow(ws->xq, &ws->xq_bytes, (size_t)MAX(n, 1) * nb * sizeof(BlockQ8x));
+        if (n > 1)
+            ws->panels = grow(ws->panels, &ws->panels_bytes,
+                 (size_t)omp_get_max_threads() * nb * panel_block_bytes(16));
     }
 }
 
-/* The tile holds a budget of dequantised rows whatever n is; max_n does not change the size. */
+/* Sized up front for the largest call so that a session allocates nothing while it runs. */
 void workspace_init(Workspace *ws, int max_cols, int max_n)
 {
     memset(ws, 0, sizeof *ws);
-    ensure_capacity(ws, max_cols);
+    ensure_capacity(ws, GGML_TYPE_F16, max_cols, max_n);
+    ensure_capacity(ws, GGML_TYPE_Q8_0, max_cols, max_n);
 }
 
 void workspace_free(Workspace *ws)
 {
     g_free(ws->tile);
     g_free(ws->xq);
+    g_free(ws->panels);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -344,8 +357,9 @@ TARGET_AVX512 static float dot_f16_avx512(const void *wv, const void *xv, int n)
     DOT_AVX512_BODY(uint16_t, LOAD_F16_512, _cvtsh_ss)
 }
 
-/* ggml's quantize_row_q8_0: per block scale amax / 127, values rounded to nearest. */
-static void quantize_row_q8x(const float *x, BlockQ8x *out, int n)
+/* ggml's quantize_row_q8_0: per block scale amax / 127, values rounded to nearest. `flip` is
+ * XORed into every value: 0x80 stores them as unsigned value + 128, as vpdpbusd wants. */
+static void quantize_row_q8x(const float *x, BlockQ8x *out, int n, uint8_t flip)
 {
     for (int b = 0; b < n / QK8_0; b++) {
         const float *xb = x + b * QK8_0;
@@ -355,14 +369,15 @@ static void quantize_row_q8x(const float *x, BlockQ8x *out, int n)
         float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
         out[b].d = d;
         for (int i = 0; i < QK8_0; i++)
-            out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+            out[b].qs[i] = (int8_t)((uint8_t)(int8_t)roundf(xb[i] * id) ^ flip);
     }
 }
 
 /* The same quantisation, bit for bit, 8 values at a time: libm's fmaxf and roundf calls made
  * it half the time of a small Q8_0 matrix-vector product, all of it serial. roundf's ties go
  * away from zero, so a tie that the hardware rounded to even is moved to the next integer. */
-TARGET_AVX2 static void quantize_row_q8x_avx2(const float *x, BlockQ8x *out, int n)
+TARGET_AVX2 static void quantize_row_q8x_avx2(const float *x, BlockQ8x *out, int n,
+                                              uint8_t flip)
 {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
@@ -394,8 +409,17 @@ TARGET_AVX2 static void quantize_row_q8x_avx2(const float *x, BlockQ8x *out, int
         __m256i lo = _mm256_packs_epi32(q[0], q[1]), hi = _mm256_packs_epi32(q[2], q[3]);
         __m256i p8 = _mm256_packs_epi16(lo, hi);
         p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        p8 = _mm256_xor_si256(p8, _mm256_set1_epi8((char)flip));
         _mm256_storeu_si256((__m256i *)out[b].qs, p8);
     }
+}
+
+static void quantize_row(const float *x, BlockQ8x *out, int n, uint8_t flip)
+{
+    if (cpu_isa() != ISA_C)
+        quantize_row_q8x_avx2(x, out, n, flip);
+    else
+        quantize_row_q8x(x, out, n, flip);
 }
 
 static float dot_q8_0_c(const void *wv, const void *xv, int n)
@@ -412,19 +436,20 @@ static float dot_q8_0_c(const void *wv, const void *xv, int n)
     return s;
 }
 
-/* Integer dot of 32 int8 pairs as 8 int32 lanes. maddubs wants unsigned x signed, so the sign
- * of the activation moves onto the weight (ggml's trick); activations never hold -128. */
+/* Integer dot of 32 int8 pairs as 8 int32 lanes. maddubs wants unsigned x signed, so the
+ * weight's sign moves onto the activation (ggml's trick, the other way round: a file may hold a
+ * -128 weight, whose magnitude only fits unsigned; quantised activations never hold -128). */
 TARGET_AVX2 static inline __m256i dot32_i8_avx2(__m256i w, __m256i x)
 {
-    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(w, x));
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
     return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
 
 /* VNNI does the same multiply-add in one instruction, without the int16 intermediate. */
 TARGET_AVX512 static inline __m256i dot32_i8_vnni(__m256i w, __m256i x)
 {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x),
-                               _mm256_sign_epi8(w, x));
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                               _mm256_sign_epi8(x, w));
 }
 
 /* Block b's 8 partial sums, scaled by both block scales, added to acc. */
@@ -478,15 +503,224 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
     DotFn dot = pick_dot(W->type);
     const void *xv = x;
     if (W->type == GGML_TYPE_Q8_0) {
-        if (cpu_isa() != ISA_C)
-            quantize_row_q8x_avx2(x, ws->xq, W->cols);
-        else
-            quantize_row_q8x(x, ws->xq, W->cols);
+        quantize_row(x, ws->xq, W->cols, 0);
         xv = ws->xq;
     }
 #pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
     for (int r = 0; r < W->rows; r++)
         out[r] = dot(mat_row(W, r), xv, W->cols);
+}
+
+/* ---- int8 GEMM: Q8_0 weights x Q8_0-quantised activations (n > 1) ----------------------------
+ *
+ * As in ggml, activations meeting Q8_0 weights are quantised too (per 32-block, scale
+ * amax / 127), so the products are exact int8 x int8 sums and only the per-block scaling is
+ * float. Each thread packs a panel of R weight rows (one int32 lane per row) straight from the
+ * mapped file into its own buffer, which stays in cache while every activation row passes over
+ * it; weights are read once per call and never copied whole. */
+
+/* Weight rows per panel: the int32 lanes of one vector. */
+static int panel_rows(Isa isa)
+{
+    return isa == ISA_AVX512 ? 16 : 8;
+}
+
+/* Activation rows per microkernel call: as many accumulators as the registers hold (AVX2 has 16
+ * ymm, AVX-512 32 zmm; each column needs an int32 and a float accumulator). */
+#define NR_AVX2 4
+#define NR_AVX512 8
+
+/* One 32-column block of a panel of R rows:
+ *   float   d[R]        the rows' scales
+ *   int32   comp[R]     -128 * Σ w: vpdpbusd wants unsigned activations, so they are stored
+ *                       +128 and this term takes the excess back out (AVX-512 only)
+ *   int8    q[8][R][4]  weights, 4 consecutive ones of each row per 4R bytes, so one vector
+ *                       load feeds R rows and one broadcast of 4 activations multiplies them */
+static size_t panel_block_bytes(int R)
+{
+    return (size_t)R * (4 + 4 + QK8_0);
+}
+
+static void pack_panel(const Mat *W, int r0, int R, uint8_t *panel)
+{
+    const int nb = W->cols / QK8_0;
+    const size_t bb = panel_block_bytes(R);
+    for (int r = 0; r < R; r++) {
+        /* Rows past the end of W are zeros: their results are computed and thrown away. */
+        const BlockQ8_0 *row = r0 + r < W->rows ? mat_row(W, r0 + r) : NULL;
+        for (int b = 0; b < nb; b++) {
+            uint8_t *blk = panel + (size_t)b * bb;
+            float d = 0;
+            int32_t sum = 0;
+            uint8_t qs[QK8_0] = { 0 };
+            if (row) {
+                d = fp16_to_fp32(row[b].d);
+                memcpy(qs, row[b].qs, QK8_0);
+                for (int i = 0; i < QK8_0; i++)
+                    sum += row[b].qs[i];
+            }
+            int32_t comp = -128 * sum;
+            memcpy(blk + (size_t)r * 4, &d, 4);
+            memcpy(blk + (size_t)(R + r) * 4, &comp, 4);
+            for (int k = 0; k < QK8_0 / 4; k++)
+                memcpy(blk + (size_t)(2 + k) * R * 4 + (size_t)r * 4, qs + 4 * k, 4);
+        }
+    }
+}
+
+static inline int32_t load_i32(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* tmp[c][0..R) = the panel's rows · activation row c, for c < NR. x holds NR rows of nb blocks.
+ * Written for a constant NR (always inlined into one function per count) so the accumulator
+ * arrays live in registers. */
+TARGET_AVX2 static inline __attribute__((always_inline)) void
+panel_kernel_avx2(const uint8_t *panel, int nb, const BlockQ8x *x, int NR, float *tmp)
+{
+    const int R = 8;
+    const size_t bb = panel_block_bytes(R);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 facc[NR_AVX2];
+    for (int c = 0; c < NR; c++)
+        facc[c] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + (size_t)b * bb;
+        __m256i acc[NR_AVX2];
+        for (int c = 0; c < NR; c++)
+            acc[c] = _mm256_setzero_si256();
+        for (int k = 0; k < QK8_0 / 4; k++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + (2 + k) * R * 4));
+            const __m256i aw = _mm256_sign_epi8(w, w); /* |w|; -128 reads as unsigned 128 */
+            for (int c = 0; c < NR; c++) {
+                /* pmaddubsw is unsigned x signed: the weight's sign moves onto the activation,
+                 * and a pair sums to at most 2 * 128 * 127, which int16 holds. */
+                __m256i xs = _mm256_sign_epi8(
+                    _mm256_set1_epi32(load_i32(x[(size_t)c * nb + b].qs + 4 * k)), w);
+                acc[c] = _mm256_add_epi32(acc[c],
+                                          _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones));
+            }
+        }
+        const __m256 d = _mm256_loadu_ps((const float *)blk);
+        for (int c = 0; c < NR; c++)
+            facc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[c]),
+                                      _mm256_mul_ps(d, _mm256_set1_ps(x[(size_t)c * nb + b].d)),
+                                      facc[c]);
+    }
+    for (int c = 0; c < NR; c++)
+        _mm256_storeu_ps(tmp + c * R, facc[c]);
+}
+
+TARGET_AVX512 static inline __attribute__((always_inline)) void
+panel_kernel_avx512(const uint8_t *panel, int nb, const BlockQ8x *x, int NR, float *tmp)
+{
+    const int R = 16;
+    const size_t bb = panel_block_bytes(R);
+    __m512 facc[NR_AVX512];
+    for (int c = 0; c < NR; c++)
+        facc[c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + (size_t)b * bb;
+        const __m512i comp = _mm512_loadu_si512(blk + R * 4);
+        __m512i acc[NR_AVX512];
+        for (int c = 0; c < NR; c++)
+            acc[c] = comp;
+        for (int k = 0; k < QK8_0 / 4; k++) {
+            const __m512i w = _mm512_loadu_si512(blk + (2 + k) * R * 4);
+            for (int c = 0; c < NR; c++)
+                acc[c] = _mm512_dpbusd_epi32(
+                    acc[c], _mm512_set1_epi32(load_i32(x[(size_t)c * nb + b].qs + 4 * k)), w);
+        }
+        const __m512 d = _mm512_loadu_ps((const float *)blk);
+        for (int c = 0; c < NR; c++)
+            facc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]),
+                                      _mm512_mul_ps(d, _mm512_set1_ps(x[(size_t)c * nb + b].d)),
+                                      facc[c]);
+    }
+    for (int c = 0; c < NR; c++)
+        _mm512_storeu_ps(tmp + c * R, facc[c]);
+}
+
+/* One inlined copy of the kernel per column count, so each has constant loop bounds. */
+#define KERNEL_CASE(KERNEL, N)                                                                   \
+    case N: KERNEL(panel, nb, x, N, tmp); break;
+
+TARGET_AVX2 static void panel_avx2(const uint8_t *panel, int nb, const BlockQ8x *x, int nr,
+                                   float *tmp)
+{
+    switch (nr) {
+    KERNEL_CASE(panel_kernel_avx2, 1)
+    KERNEL_CASE(panel_kernel_avx2, 2)
+    KERNEL_CASE(panel_kernel_avx2, 3)
+    default: panel_kernel_avx2(panel, nb, x, NR_AVX2, tmp);
+    }
+}
+
+TARGET_AVX512 static void panel_avx512(const uint8_t *panel, int nb, const BlockQ8x *x, int nr,
+                                       float *tmp)
+{
+    switch (nr) {
+    KERNEL_CASE(panel_kernel_avx512, 1)
+    KERNEL_CASE(panel_kernel_avx512, 2)
+    KERNEL_CASE(panel_kernel_avx512, 3)
+    KERNEL_CASE(panel_kernel_avx512, 4)
+    KERNEL_CASE(panel_kernel_avx512, 5)
+    KERNEL_CASE(panel_kernel_avx512, 6)
+    KERNEL_CASE(panel_kernel_avx512, 7)
+    default: panel_kernel_avx512(panel, nb, x, NR_AVX512, tmp);
+    }
+}
+
+/* out[n][rows] = x[n][cols] · Wᵀ (+ bias) for Q8_0 W: every output element is one thread's
+ * fixed-order sum, so results do not depend on the thread count. */
+static void gemm_q8_0(float *out, const float *x, int n, const Mat *W, const float *bias,
+                      Workspace *ws)
+{
+    const Isa isa = cpu_isa();
+    const int rows = W->rows, cols = W->cols, nb = cols / QK8_0;
+    const gboolean big = (size_t)n * rows * cols >= PARALLEL_MIN;
+    BlockQ8x *xq = ws->xq;
+#pragma omp parallel for schedule(static) if (big)
+    for (int i = 0; i < n; i++)
+        quantize_row(x + (size_t)i * cols, xq + (size_t)i * nb, cols,
+                     isa == ISA_AVX512 ? 0x80 : 0);
+
+    if (isa == ISA_C) {
+#pragma omp parallel for schedule(dynamic, 8) if (big)
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < n; i++)
+                out[(size_t)i * rows + r] = dot_q8_0_c(mat_row(W, r), xq + (size_t)i * nb, cols) +
+                                            (bias ? bias[r] : 0.0f);
+        return;
+    }
+
+    const int R = panel_rows(isa), NR = isa == ISA_AVX512 ? NR_AVX512 : NR_AVX2;
+    const int n_panels = (rows + R - 1) / R;
+    const size_t panel_bytes = (size_t)nb * panel_block_bytes(R);
+#pragma omp parallel if (big)
+    {
+        uint8_t *panel = ws->panels + (size_t)omp_get_thread_num() * panel_bytes;
+        float tmp[NR_AVX512 * 16];
+#pragma omp for schedule(dynamic, 1)
+        for (int p = 0; p < n_panels; p++) {
+            const int r0 = p * R, valid = MIN(R, rows - r0);
+            pack_panel(W, r0, R, panel);
+            for (int i0 = 0; i0 < n; i0 += NR) {
+                const int nr = MIN(NR, n - i0);
+                if (isa == ISA_AVX512)
+                    panel_avx512(panel, nb, xq + (size_t)i0 * nb, nr, tmp);
+                else
+                    panel_avx2(panel, nb, xq + (size_t)i0 * nb, nr, tmp);
+                for (int c = 0; c < nr; c++)
+                    for (int r = 0; r < valid; r++)
+                        out[(size_t)(i0 + c) * rows + r0 + r] =
+                            tmp[c * R + r] + (bias ? bias[r0 + r] : 0.0f);
+            }
+        }
+    }
 }
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
@@ -513,7 +747,7 @@ void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, 
     g_return_if_fail(W->type != GGML_TYPE_Q8_0 || cols % QK8_0 == 0);
     if (n <= 0 || rows <= 0)
         return;
-    ensure_capacity(ws, cols);
+    ensure_capacity(ws, W->type, cols, n);
 
     if (n == 1) {
         matvec(out, x, W, ws);
@@ -522,6 +756,10 @@ void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, 
         return;
     }
 
+    if (W->type == GGML_TYPE_Q8_0) {
+        gemm_q8_0(out, x, n, W, bias, ws);
+        return;
+    }
     /* The bias goes in first so every GEMM accumulates onto it (beta = 1). */
     float beta = 0.0f;
     if (bias) {

@@ -36,20 +36,24 @@ Mat mat_from_tensor(const GgufTensor *t);
 gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
                      unsigned types, Mat *out, GError **error);
 
-/* Per-session scratch for matmul (dequantised weight tiles, quantised activations).
- * Sized once for the widest matrix and the largest n the session uses. */
+/* Per-session scratch for matmul (dequantised F16 tiles, quantised activations, packed Q8_0
+ * panels). workspace_init sizes it for the widest matrix and the largest n the session uses;
+ * matmul grows it if a call needs more. */
 typedef struct {
-    float *tile;        /* dequantised weight rows for GEMM on F16/Q8_0 */
-    size_t tile_floats;
-    void *xq;           /* quantised activations */
+    float *tile;        /* F16 weight rows dequantised for OpenBLAS */
+    size_t tile_bytes;
+    void *xq;           /* activations quantised for Q8_0 weights, n rows */
     size_t xq_bytes;
+    uint8_t *panels;    /* one packed Q8_0 weight panel per OpenMP thread */
+    size_t panels_bytes;
 } Workspace;
 
 void workspace_init(Workspace *ws, int max_cols, int max_n);
 void workspace_free(Workspace *ws);
 
 /* out[n][W.rows] = x[n][W.cols] · Wᵀ (+ bias[W.rows] when bias != NULL).
- * n == 1 uses fused dequantise-and-dot matrix-vector kernels, n > 1 a GEMM. */
+ * n == 1 uses fused dequantise-and-dot matrix-vector kernels, n > 1 a GEMM. With Q8_0 weights
+ * x is quantised to Q8_0 (per 32 values, scale max|x| / 127) first, as ggml does. */
 void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, Workspace *ws);
 
 /* Row r of W as floats. */

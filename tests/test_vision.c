@@ -100,12 +100,13 @@ typedef struct {
 } Precision;
 
 /* F32 meets the reference's 1e-4. F16 and Q8_0 bounds are about 3x the errors measured on the tiny
- * model (F16: towers 3.8e-4, projector 3.5e-4, pixels to tokens 5.7e-4; Q8_0: 9.4e-3, 8.9e-3,
- * 1.1e-2; the tiny SigLIP's matrices stay F16 under Q8_0: no width is a multiple of 32). */
+ * model (F16: towers 3.8e-4, projector 3.5e-4, pixels to tokens 5.7e-4; Q8_0, whose activations
+ * are quantised too: 1.6e-2, 1.5e-2, 2.3e-2; the tiny SigLIP's matrices stay F16 under Q8_0: no
+ * width is a multiple of 32). */
 static const Precision precisions[] = {
     {"f32", 1e-4, 1e-4},
     {"f16", 2e-3, 2e-3},
-    {"q8_0", 3e-2, 3e-2},
+    {"q8_0", 6e-2, 6e-2},
 };
 
 static void test_towers(gconstpointer data)
