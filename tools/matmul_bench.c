@@ -1,0 +1,205 @@
+/* matmul-bench - the engine's matmul() at cobra+3b's weight shapes, against the machine's own
+ * ceilings in the same process: OpenBLAS sgemm at each GEMM shape and streaming-read bandwidth
+ * for the matrix-vector products.
+ *
+ *   matmul-bench [-t THREADS] [--type f32|f16|q8_0|all] [--reps R]
+ *
+ * Weights are synthetic (no model file), so it runs anywhere the binary does; cobra-bench
+ * measures the whole model. One line per shape and type.
+ */
+#include <cblas.h>
+#include <glib.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ops.h"
+
+/* out[m][n] = x[m][k] · W[n][k]ᵀ: the weight GEMMs of a frame (towers at 729 image tokens plus
+ * their class and register tokens, projector) and of a 256-token prefill chunk, then the
+ * matrix-vector products of a decoded token. */
+typedef struct {
+    const char *name;
+    int m, n, k;
+} Shape;
+
+static const Shape shapes[] = {
+    {"dino attn_qkv", 734, 3072, 1024},   {"dino ffn_up", 734, 4096, 1024},
+    {"dino ffn_down", 734, 1024, 4096},   {"siglip attn_qkv", 729, 3456, 1152},
+    {"siglip ffn_up", 729, 4304, 1152},   {"mm.0", 729, 8704, 2176},
+    {"mm.2", 729, 2560, 8704},            {"ssm_in", 256, 10240, 2560},
+    {"ssm_x", 256, 192, 5120},            {"ssm_out", 256, 2560, 5120},
+    {"ssm_in (decode)", 1, 10240, 2560},  {"ssm_out (decode)", 1, 2560, 5120},
+    {"output (decode)", 1, 50280, 2560},
+};
+
+static double now_s(void) { return g_get_monotonic_time() / 1e6; }
+
+static float frand(guint32 *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)(*s >> 8) / 16777216.0f - 0.5f;
+}
+
+/* A weight matrix of `type` in the file's layout, values in [-0.5, 0.5). */
+static void *make_weights(GgmlType type, int n, int k)
+{
+    size_t count = (size_t)n * k;
+    guint32 seed = 7;
+    if (type == GGML_TYPE_F32) {
+        float *w = g_new(float, count);
+        for (size_t i = 0; i < count; i++)
+            w[i] = frand(&seed);
+        return w;
+    }
+    if (type == GGML_TYPE_F16) {
+        uint16_t *w = g_new(uint16_t, count);
+        for (size_t i = 0; i < count; i++)
+            w[i] = fp32_to_fp16(frand(&seed));
+        return w;
+    }
+    BlockQ8_0 *w = g_new(BlockQ8_0, count / QK8_0);
+    for (size_t b = 0; b < count / QK8_0; b++) {
+        w[b].d = fp32_to_fp16(0.5f / 127);
+        for (int i = 0; i < QK8_0; i++)
+            w[b].qs[i] = (int8_t)(frand(&seed) * 254);
+    }
+    return w;
+}
+
+static double best_of(int reps, void (*fn)(void *), void *arg)
+{
+    double best = 1e9;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        fn(arg);
+        best = MIN(best, now_s() - t0);
+    }
+    return best;
+}
+
+typedef struct {
+    const Shape *s;
+    Mat W;
+    const float *x, *wf;
+    float *out;
+    Workspace *ws;
+} Call;
+
+static void run_matmul(void *p)
+{
+    Call *c = p;
+    matmul(c->out, c->x, c->s->m, &c->W, NULL, c->ws);
+}
+
+static void run_sgemm(void *p)
+{
+    Call *c = p;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->s->m, c->s->n, c->s->k, 1.0f, c->x,
+                c->s->k, c->wf, c->s->k, 0.0f, c->out, c->s->n);
+}
+
+/* Where the bandwidth passes leave their sums, so the compiler keeps the reads. */
+static volatile uint64_t read_sink;
+
+/* Streaming-read GB/s: the best of several passes over 1 GiB with every thread. */
+static double read_bandwidth(void)
+{
+    const size_t n = (1u << 30) / sizeof(uint64_t);
+    uint64_t *buf = g_new(uint64_t, n);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i;
+    double best = 1e9;
+    for (int r = 0; r < 8; r++) {
+        double t0 = now_s();
+        uint64_t sum = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+        for (size_t i = 0; i < n; i++)
+            sum += buf[i];
+        best = MIN(best, now_s() - t0);
+        read_sink = sum;
+    }
+    g_free(buf);
+    return (double)n * sizeof(uint64_t) / best / 1e9;
+}
+
+static const char *type_name(GgmlType t)
+{
+    return t == GGML_TYPE_F32 ? "f32" : t == GGML_TYPE_F16 ? "f16" : "q8_0";
+}
+
+int main(int argc, char **argv)
+{
+    int threads = 0, reps = 3;
+    char *type_arg = NULL;
+    GOptionEntry entries[] = {
+        {"threads", 't', 0, G_OPTION_ARG_INT, &threads, "threads (all cores)", "N"},
+        {"type", 0, 0, G_OPTION_ARG_STRING, &type_arg, "f32, f16, q8_0 or all (all)", "T"},
+        {"reps", 0, 0, G_OPTION_ARG_INT, &reps, "repetitions; the best is kept (3)", "R"},
+        {NULL}};
+    GOptionContext *ctx = g_option_context_new("- time matmul at cobra+3b's shapes");
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    GError *err = NULL;
+    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+        fprintf(stderr, "matmul-bench: %s\n", err->message);
+        return 2;
+    }
+    g_option_context_free(ctx);
+    GgmlType types[3] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0};
+    int first = 0, last = 2;
+    if (type_arg && strcmp(type_arg, "all") != 0) {
+        for (first = 0; first < 3 && strcmp(type_arg, type_name(types[first])); first++)
+            ;
+        if (first == 3) {
+            fprintf(stderr, "matmul-bench: --type must be f32, f16, q8_0 or all\n");
+            return 2;
+        }
+        last = first;
+    }
+    if (threads <= 0)
+        threads = omp_get_num_procs();
+    if (reps < 1)
+        reps = 1;
+    omp_set_num_threads(threads);
+
+    double membw = read_bandwidth();
+    printf("matmul-bench: %d threads, read ceiling %.1f GB/s\n", threads, membw);
+    printf("%-18s %5s %6s %6s %5s %10s %10s %6s\n", "shape", "m", "n", "k", "type", "engine",
+           "ceiling", "ratio");
+    for (size_t i = 0; i < G_N_ELEMENTS(shapes); i++) {
+        const Shape *s = &shapes[i];
+        float *x = g_new(float, (size_t)s->m * s->k), *out = g_new(float, (size_t)s->m * s->n);
+        guint32 seed = 11;
+        for (size_t j = 0; j < (size_t)s->m * s->k; j++)
+            x[j] = frand(&seed);
+        float *wf = make_weights(GGML_TYPE_F32, s->n, s->k);
+        Workspace ws;
+        workspace_init(&ws, s->k, s->m);
+        Call c = {s, {0}, x, wf, out, &ws};
+        double sgemm_s = s->m > 1 ? best_of(reps, run_sgemm, &c) : 0;
+        for (int t = first; t <= last; t++) {
+            if (types[t] == GGML_TYPE_Q8_0 && s->k % QK8_0)
+                continue;
+            c.W = (Mat){make_weights(types[t], s->n, s->k), types[t], s->n, s->k};
+            double sec = best_of(reps, run_matmul, &c);
+            double flop = 2.0 * s->m * s->n * s->k;
+            size_t wbytes = types[t] == GGML_TYPE_F32   ? (size_t)s->n * s->k * 4
+                            : types[t] == GGML_TYPE_F16 ? (size_t)s->n * s->k * 2
+                                                        : (size_t)s->n * s->k / QK8_0 * 34;
+            /* GEMMs against sgemm's GFLOP/s, matrix-vector products against read GB/s */
+            double engine = s->m > 1 ? flop / sec / 1e9 : wbytes / sec / 1e9;
+            double ceiling = s->m > 1 ? flop / sgemm_s / 1e9 : membw;
+            printf("%-18s %5d %6d %6d %5s %8.1f %s %8.1f %s %5.0f%%\n", s->name, s->m, s->n, s->k,
+                   type_name(types[t]), engine, s->m > 1 ? "GF" : "GB", ceiling,
+                   s->m > 1 ? "GF" : "GB", 100 * engine / ceiling);
+            g_free((void *)c.W.data);
+        }
+        workspace_free(&ws);
+        g_free(x);
+        g_free(out);
+        g_free(wf);
+    }
+    g_free(type_arg);
+    return 0;
+}
