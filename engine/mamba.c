@@ -211,8 +211,10 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
         mat_get_row(&m->embed, ids[i], out + (size_t)i * m->d_model);
 }
 
-/* Below this many multiply-adds a parallel region costs more than it saves. */
-#define PARALLEL_MIN 65536
+/* Below this many multiply-adds a parallel region costs more than it saves; a decoded token's
+ * scan step (d_inner x d_state) stays on one thread, as a sleeping thread takes ~100 us to wake
+ * (see ops.c's MATVEC_PARALLEL_MIN). */
+#define PARALLEL_MIN (1 << 18)
 
 static inline float fast_silu(float v)
 {
