@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_common.h"
 #include "cobra.h"
 #include "gguf.h"
 
@@ -44,7 +45,6 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-static double now_s(void) { return g_get_monotonic_time() / 1e6; }
 
 /* A field of /proc/self/status in MiB (VmRSS, VmHWM). */
 static double proc_status_mb(const char *field)
@@ -322,31 +322,6 @@ static double sgemm_seconds(const Shape *shapes, int n, double *flop)
         *flop += shape_flop(&shapes[i]);
     }
     return t;
-}
-
-/* Where the bandwidth passes leave their sums, so the compiler keeps the reads. */
-static volatile uint64_t read_sink;
-
-/* Streaming-read bandwidth in GB/s: the best of several passes over 1 GiB with every thread. */
-static double read_bandwidth(void)
-{
-    const size_t n = (1u << 30) / sizeof(uint64_t);
-    uint64_t *buf = g_new(uint64_t, n);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i;
-    double best = 1e9;
-    for (int r = 0; r < 8; r++) {
-        double t0 = now_s();
-        uint64_t sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-        for (size_t i = 0; i < n; i++)
-            sum += buf[i];
-        best = MIN(best, now_s() - t0);
-        read_sink = sum;
-    }
-    g_free(buf);
-    return (double)n * sizeof(uint64_t) / best / 1e9;
 }
 
 typedef struct {

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bench_common.h"
 #include "ops.h"
 
 /* out[m][n] = x[m][k] · W[n][k]ᵀ: the weight GEMMs of a frame (towers at 729 image tokens plus
@@ -33,7 +34,6 @@ static const Shape shapes[] = {
     {"output (decode)", 1, 50280, 2560},
 };
 
-static double now_s(void) { return g_get_monotonic_time() / 1e6; }
 
 static float frand(guint32 *s)
 {
@@ -97,31 +97,6 @@ static void run_sgemm(void *p)
     Call *c = p;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->s->m, c->s->n, c->s->k, 1.0f, c->x,
                 c->s->k, c->wf, c->s->k, 0.0f, c->out, c->s->n);
-}
-
-/* Where the bandwidth passes leave their sums, so the compiler keeps the reads. */
-static volatile uint64_t read_sink;
-
-/* Streaming-read GB/s: the best of several passes over 1 GiB with every thread. */
-static double read_bandwidth(void)
-{
-    const size_t n = (1u << 30) / sizeof(uint64_t);
-    uint64_t *buf = g_new(uint64_t, n);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i;
-    double best = 1e9;
-    for (int r = 0; r < 8; r++) {
-        double t0 = now_s();
-        uint64_t sum = 0;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-        for (size_t i = 0; i < n; i++)
-            sum += buf[i];
-        best = MIN(best, now_s() - t0);
-        read_sink = sum;
-    }
-    g_free(buf);
-    return (double)n * sizeof(uint64_t) / best / 1e9;
 }
 
 static const char *type_name(GgmlType t)
