@@ -4,7 +4,7 @@
  * rows at a time. Q8_0 weights meet activations quantised to Q8_0 as in ggml, in our own int8
  * GEMM and int8 dot products. Decoding (n == 1) is memory-bound, so it reads each weight once
  * in a fused dequantise-and-dot kernel. Kernels are picked at run time for the CPU (AVX-512 with
- * VNNI, AVX2+FMA+F16C, plain C).
+ * VNNI, AVX-VNNI, AVX2+FMA+F16C, plain C).
  */
 #include "ops.h"
 
@@ -94,13 +94,22 @@ uint16_t fp32_to_fp16(float f)
 
 /* ---- CPU features ----------------------------------------------------------------------------- */
 
-typedef enum { ISA_C, ISA_AVX2, ISA_AVX512 } Isa;
+/* In order of preference; AVX-VNNI is vpdpbusd on 256-bit vectors without AVX-512 (Intel since
+ * Alder Lake). */
+typedef enum { ISA_C, ISA_AVX2, ISA_AVX_VNNI, ISA_AVX512 } Isa;
 
-/* Asked of CPUID directly: clang 14's __builtin_cpu_supports does not know "f16c". */
+/* Asked of CPUID directly: clang 14's __builtin_cpu_supports knows neither "f16c" nor
+ * "avxvnni". */
 static gboolean cpu_has_f16c(void)
 {
     unsigned eax, ebx, ecx, edx;
     return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+
+static gboolean cpu_has_avx_vnni(void)
+{
+    unsigned eax, ebx, ecx, edx;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4));
 }
 
 static Isa cpu_isa(void)
@@ -109,14 +118,17 @@ static Isa cpu_isa(void)
     static Isa isa;
     if (g_once_init_enter(&once)) {
         __builtin_cpu_init();
-        isa = ISA_C;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
-            isa = ISA_AVX2;
-        if (isa == ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512vnni"))
+        const gboolean avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                              cpu_has_f16c();
+        const gboolean avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512vnni");
+        isa = avx2 ? (cpu_has_avx_vnni() ? ISA_AVX_VNNI : ISA_AVX2) : ISA_C;
+        /* COBRA_NO_AVX512 and COBRA_NO_SIMD let tests and users check the narrower paths. */
+        if (avx512 && !g_getenv("COBRA_NO_AVX512"))
             isa = ISA_AVX512;
-        if (g_getenv("COBRA_NO_SIMD")) /* lets tests and users check the portable path */
+        if (g_getenv("COBRA_NO_SIMD"))
             isa = ISA_C;
         g_once_init_leave(&once, 1);
     }
@@ -348,6 +360,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v)
 
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define TARGET_AVX_VNNI __attribute__((target("avxvnni,avx2,fma,f16c")))
 
 TARGET_AVX2 static float dot_f32_avx2(const void *wv, const void *xv, int n)
 {
@@ -498,9 +511,11 @@ TARGET_AVX512 static float dot_q8_0_avx512(const void *wv, const void *xv, int n
 
 static DotFn pick_dot(GgmlType type)
 {
-    static const DotFn dots[3][3] = {
+    static const DotFn dots[4][3] = {
         [ISA_C] = { dot_f32_c, dot_f16_c, dot_q8_0_c },
         [ISA_AVX2] = { dot_f32_avx2, dot_f16_avx2, dot_q8_0_avx2 },
+        /* memory-bound: AVX-VNNI would not read the weights faster */
+        [ISA_AVX_VNNI] = { dot_f32_avx2, dot_f16_avx2, dot_q8_0_avx2 },
         [ISA_AVX512] = { dot_f32_avx512, dot_f16_avx512, dot_q8_0_avx512 },
     };
     int t = type == GGML_TYPE_F32 ? 0 : type == GGML_TYPE_F16 ? 1 : 2;
@@ -538,15 +553,16 @@ static int panel_rows(Isa isa)
     return isa == ISA_AVX512 ? 16 : 8;
 }
 
-/* Activation rows per microkernel call: as many accumulators as the registers hold (AVX2 has 16
- * ymm, AVX-512 32 zmm; each column needs an int32 and a float accumulator). */
+/* Activation rows per microkernel call: as many accumulators as the registers hold (16 ymm,
+ * 32 zmm; each column needs an int32 and a float accumulator, AVX2 also temporaries). */
 #define NR_AVX2 4
+#define NR_AVX_VNNI 6
 #define NR_AVX512 8
 
 /* One 32-column block of a panel of R rows:
  *   float   d[R]        the rows' scales
  *   int32   comp[R]     -128 * Σ w: vpdpbusd wants unsigned activations, so they are stored
- *                       +128 and this term takes the excess back out (AVX-512 only)
+ *                       +128 and this term takes the excess back out (VNNI paths only)
  *   int8    q[8][R][4]  weights, 4 consecutive ones of each row per 4R bytes, so one vector
  *                       load feeds R rows and one broadcast of 4 activations multiplies them */
 static size_t panel_block_bytes(int R)
@@ -681,34 +697,49 @@ panel_kernel_avx2(const uint8_t *panel, int nb, const BlockQ8x *x, int NR, float
         _mm256_storeu_ps(tmp + c * R, facc[c]);
 }
 
+/* The vpdpbusd kernel for a panel of R rows, one int32 lane each: unsigned activations (stored
+ * +128) times signed weights summed 4 at a time into int32 without saturation, the panel's
+ * -128 Σw term as each block's starting value. VI/VF are the vector types, P the intrinsics'
+ * prefix (_mm256 or _mm512), LOADI an unaligned integer load, DPBUSD the instruction. */
+#define VNNI_KERNEL_BODY(VI, VF, P, LOADI, DPBUSD, R_, NR_MAX)                                   \
+    const int R = R_;                                                                            \
+    const size_t bb = panel_block_bytes(R);                                                      \
+    VF facc[NR_MAX];                                                                             \
+    for (int c = 0; c < NR; c++)                                                                 \
+        facc[c] = P##_setzero_ps();                                                              \
+    for (int b = 0; b < nb; b++) {                                                               \
+        const uint8_t *blk = panel + (size_t)b * bb;                                             \
+        const VI comp = LOADI(blk + R * 4);                                                      \
+        VI acc[NR_MAX];                                                                          \
+        for (int c = 0; c < NR; c++)                                                             \
+            acc[c] = comp;                                                                       \
+        for (int k = 0; k < QK8_0 / 4; k++) {                                                    \
+            const VI w = LOADI(blk + (2 + k) * R * 4);                                           \
+            for (int c = 0; c < NR; c++)                                                         \
+                acc[c] = DPBUSD(acc[c],                                                          \
+                                P##_set1_epi32(load_i32(x[(size_t)c * nb + b].qs + 4 * k)), w);  \
+        }                                                                                        \
+        const VF d = P##_loadu_ps((const float *)blk);                                           \
+        for (int c = 0; c < NR; c++)                                                             \
+            facc[c] = P##_fmadd_ps(P##_cvtepi32_ps(acc[c]),                                      \
+                                   P##_mul_ps(d, P##_set1_ps(x[(size_t)c * nb + b].d)), facc[c]); \
+    }                                                                                            \
+    for (int c = 0; c < NR; c++)                                                                 \
+        P##_storeu_ps(tmp + c * R, facc[c]);
+
 TARGET_AVX512 static inline __attribute__((always_inline)) void
 panel_kernel_avx512(const uint8_t *panel, int nb, const BlockQ8x *x, int NR, float *tmp)
 {
-    const int R = 16;
-    const size_t bb = panel_block_bytes(R);
-    __m512 facc[NR_AVX512];
-    for (int c = 0; c < NR; c++)
-        facc[c] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + (size_t)b * bb;
-        const __m512i comp = _mm512_loadu_si512(blk + R * 4);
-        __m512i acc[NR_AVX512];
-        for (int c = 0; c < NR; c++)
-            acc[c] = comp;
-        for (int k = 0; k < QK8_0 / 4; k++) {
-            const __m512i w = _mm512_loadu_si512(blk + (2 + k) * R * 4);
-            for (int c = 0; c < NR; c++)
-                acc[c] = _mm512_dpbusd_epi32(
-                    acc[c], _mm512_set1_epi32(load_i32(x[(size_t)c * nb + b].qs + 4 * k)), w);
-        }
-        const __m512 d = _mm512_loadu_ps((const float *)blk);
-        for (int c = 0; c < NR; c++)
-            facc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[c]),
-                                      _mm512_mul_ps(d, _mm512_set1_ps(x[(size_t)c * nb + b].d)),
-                                      facc[c]);
-    }
-    for (int c = 0; c < NR; c++)
-        _mm512_storeu_ps(tmp + c * R, facc[c]);
+    VNNI_KERNEL_BODY(__m512i, __m512, _mm512, _mm512_loadu_si512, _mm512_dpbusd_epi32, 16,
+                     NR_AVX512)
+}
+
+#define LOADU_256(p) _mm256_loadu_si256((const __m256i *)(p))
+
+TARGET_AVX_VNNI static inline __attribute__((always_inline)) void
+panel_kernel_avx_vnni(const uint8_t *panel, int nb, const BlockQ8x *x, int NR, float *tmp)
+{
+    VNNI_KERNEL_BODY(__m256i, __m256, _mm256, LOADU_256, _mm256_dpbusd_avx_epi32, 8, NR_AVX_VNNI)
 }
 
 /* One inlined copy of the kernel per column count, so each has constant loop bounds. */
@@ -723,6 +754,19 @@ TARGET_AVX2 static void panel_avx2(const uint8_t *panel, int nb, const BlockQ8x 
     KERNEL_CASE(panel_kernel_avx2, 2)
     KERNEL_CASE(panel_kernel_avx2, 3)
     default: panel_kernel_avx2(panel, nb, x, NR_AVX2, tmp);
+    }
+}
+
+TARGET_AVX_VNNI static void panel_avx_vnni(const uint8_t *panel, int nb, const BlockQ8x *x,
+                                           int nr, float *tmp)
+{
+    switch (nr) {
+    KERNEL_CASE(panel_kernel_avx_vnni, 1)
+    KERNEL_CASE(panel_kernel_avx_vnni, 2)
+    KERNEL_CASE(panel_kernel_avx_vnni, 3)
+    KERNEL_CASE(panel_kernel_avx_vnni, 4)
+    KERNEL_CASE(panel_kernel_avx_vnni, 5)
+    default: panel_kernel_avx_vnni(panel, nb, x, NR_AVX_VNNI, tmp);
     }
 }
 
@@ -753,7 +797,7 @@ static void gemm_q8_0(float *out, const float *x, int n, const Mat *W, const flo
 #pragma omp parallel for schedule(static) if (big)
     for (int i = 0; i < n; i++)
         quantize_row(x + (size_t)i * cols, xq + (size_t)i * nb, cols,
-                     isa == ISA_AVX512 ? 0x80 : 0);
+                     isa >= ISA_AVX_VNNI ? 0x80 : 0);
 
     if (isa == ISA_C) {
 #pragma omp parallel for schedule(dynamic, 8) if (big)
@@ -764,7 +808,8 @@ static void gemm_q8_0(float *out, const float *x, int n, const Mat *W, const flo
         return;
     }
 
-    const int R = panel_rows(isa), NR = isa == ISA_AVX512 ? NR_AVX512 : NR_AVX2;
+    const int R = panel_rows(isa);
+    const int NR = isa == ISA_AVX512 ? NR_AVX512 : isa == ISA_AVX_VNNI ? NR_AVX_VNNI : NR_AVX2;
     const int n_panels = (rows + R - 1) / R;
     const size_t panel_bytes = (size_t)nb * panel_block_bytes(R);
 #pragma omp parallel if (big)
@@ -780,10 +825,13 @@ static void gemm_q8_0(float *out, const float *x, int n, const Mat *W, const flo
                 pack_panel(W, r0, R, panel);
             for (int i0 = 0; i0 < n; i0 += NR) {
                 const int nr = MIN(NR, n - i0);
+                const BlockQ8x *xi = xq + (size_t)i0 * nb;
                 if (isa == ISA_AVX512)
-                    panel_avx512(panel, nb, xq + (size_t)i0 * nb, nr, tmp);
+                    panel_avx512(panel, nb, xi, nr, tmp);
+                else if (isa == ISA_AVX_VNNI)
+                    panel_avx_vnni(panel, nb, xi, nr, tmp);
                 else
-                    panel_avx2(panel, nb, xq + (size_t)i0 * nb, nr, tmp);
+                    panel_avx2(panel, nb, xi, nr, tmp);
                 for (int c = 0; c < nr; c++)
                     for (int r = 0; r < valid; r++)
                         out[(size_t)(i0 + c) * rows + r0 + r] =

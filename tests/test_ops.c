@@ -276,21 +276,24 @@ static void test_matmul_type(gconstpointer data)
     run_matmul_case(type, 1, 64, 4, TRUE);
 }
 
-/* The same checks with the SIMD paths switched off, in a child process (the choice is made once
- * per process). */
-static void test_matmul_portable(void)
+/* The same checks in a child process with `env_var` set (the kernel choice is made once per
+ * process): COBRA_NO_SIMD switches to the portable C, COBRA_NO_AVX512 to AVX-VNNI or AVX2 on an
+ * AVX-512 machine (elsewhere it changes nothing). */
+static void test_matmul_narrower(gconstpointer data)
 {
+    const char *env_var = data;
     if (g_test_subprocess()) {
         for (int t = 0; t < 3; t++) {
             GgmlType type = (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 }[t];
             run_matmul_case(type, 37, 160, 1, TRUE);
             run_matmul_case(type, 37, 96, 3, FALSE);
         }
+        run_matmul_case(GGML_TYPE_Q8_0, 45, 160, 13, TRUE);
         return;
     }
-    g_setenv("COBRA_NO_SIMD", "1", TRUE);
+    g_setenv(env_var, "1", TRUE);
     g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
-    g_unsetenv("COBRA_NO_SIMD");
+    g_unsetenv(env_var);
     g_test_trap_assert_passed();
 }
 
@@ -555,7 +558,8 @@ int main(int argc, char **argv)
     g_test_add_data_func("/ops/matmul/f32", GINT_TO_POINTER(GGML_TYPE_F32), test_matmul_type);
     g_test_add_data_func("/ops/matmul/f16", GINT_TO_POINTER(GGML_TYPE_F16), test_matmul_type);
     g_test_add_data_func("/ops/matmul/q8_0", GINT_TO_POINTER(GGML_TYPE_Q8_0), test_matmul_type);
-    g_test_add_func("/ops/matmul/portable", test_matmul_portable);
+    g_test_add_data_func("/ops/matmul/portable", "COBRA_NO_SIMD", test_matmul_narrower);
+    g_test_add_data_func("/ops/matmul/no-avx512", "COBRA_NO_AVX512", test_matmul_narrower);
     g_test_add_func("/ops/matmul/workspace-grows", test_workspace_grows);
     g_test_add_func("/ops/mat-rows", test_mat_rows);
     g_test_add_func("/ops/norms", test_norms);
