@@ -211,10 +211,10 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
         mat_get_row(&m->embed, ids[i], out + (size_t)i * m->d_model);
 }
 
-/* Below this many multiply-adds a parallel region costs more than it saves; a decoded token's
- * scan step (d_inner x d_state) stays on one thread, as a sleeping thread takes ~100 us to wake
- * (see ops.c's MATVEC_PARALLEL_MIN). */
-#define PARALLEL_MIN (1 << 18)
+/* Below this many multiply-adds a parallel region costs more than it saves; the larger one
+ * when idle threads sleep keeps a decoded token's scan step (d_inner x d_state) on one thread. */
+#define PARALLEL_MIN 65536
+#define PARALLEL_MIN_SLEEPING (1 << 18)
 
 static inline float fast_silu(float v)
 {
@@ -338,7 +338,8 @@ static void selective_scan(float *y, float *h, const float *x, const float *dt, 
                            const float *D, int n, int di, int ds)
 {
     const int n_blocks = (di + SCAN_BLOCK - 1) / SCAN_BLOCK;
-#pragma omp parallel for schedule(static) if ((size_t)n * di * ds >= PARALLEL_MIN)
+    const size_t min = ops_threads_sleep() ? PARALLEL_MIN_SLEEPING : PARALLEL_MIN;
+#pragma omp parallel for schedule(static) if ((size_t)n * di * ds >= min)
     for (int b = 0; b < n_blocks; b++) {
         const int c0 = b * SCAN_BLOCK;
         scan_block(y, h, x, dt, z, ldz, bc, ldbc, A, D, n, di, ds, c0, MIN(SCAN_BLOCK, di - c0));

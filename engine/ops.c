@@ -22,11 +22,9 @@
 #define TILE_MIN_ROWS 64
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
-/* The same for a matrix-vector product, in weights. Decoding a token runs one per matrix per
- * layer; a parallel region costs ~2 us with spinning threads but ~110 us with
- * OMP_WAIT_POLICY=passive (sleeping threads, measured on this project's 2-vCPU VM), which is
- * what shared machines need. Below 2 M weights (x_proj, dt_proj) one thread is faster then. */
-#define MATVEC_PARALLEL_MIN (1 << 21)
+/* The same for a matrix-vector product, in weights, when idle threads sleep (see
+ * ops_threads_sleep): below 2 M weights (x_proj, dt_proj) one thread is then faster. */
+#define MATVEC_PARALLEL_MIN_SLEEPING (1 << 21)
 
 /* An activation block quantised for the Q8_0 dot: float scale (the weights' is f16). */
 typedef struct {
@@ -534,7 +532,8 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
         quantize_row(x, ws->xq, W->cols, 0);
         xv = ws->xq;
     }
-#pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= MATVEC_PARALLEL_MIN)
+    const size_t min = ops_threads_sleep() ? MATVEC_PARALLEL_MIN_SLEEPING : PARALLEL_MIN;
+#pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= min)
     for (int r = 0; r < W->rows; r++)
         out[r] = dot(mat_row(W, r), xv, W->cols);
 }
@@ -1075,4 +1074,20 @@ void add_scaled_rows(float *x, const float *y, const float *gamma, int n, int di
 int ops_threads(void)
 {
     return omp_get_max_threads();
+}
+
+/* Decoding a token opens a parallel region per product per layer. One costs ~2 us with
+ * libgomp's default spinning threads and ~110 us with OMP_WAIT_POLICY=passive (sleeping
+ * threads, measured on this project's 2-vCPU VM), which is what shared machines need. libgomp
+ * reads the variable once at start-up; so does this. */
+gboolean ops_threads_sleep(void)
+{
+    static gsize once = 0;
+    static gboolean sleep;
+    if (g_once_init_enter(&once)) {
+        const char *policy = g_getenv("OMP_WAIT_POLICY");
+        sleep = policy && g_ascii_strcasecmp(policy, "passive") == 0;
+        g_once_init_leave(&once, 1);
+    }
+    return sleep;
 }

@@ -118,5 +118,8 @@ uint16_t fp32_to_fp16(float f);
 
 /* Number of threads parallel regions will use in this thread. */
 int ops_threads(void);
+/* TRUE when idle OpenMP threads sleep (OMP_WAIT_POLICY=passive): a parallel region then costs
+ * ~50x more, so the small work of a decoded token stays on one thread. */
+gboolean ops_threads_sleep(void);
 
 #endif
