@@ -172,19 +172,9 @@ __attribute__((target("avx2,f16c"))) static void dequant_row_q8_0_avx2(const Blo
     }
 }
 
-static size_t row_bytes(GgmlType type, int cols)
-{
-    switch (type) {
-    case GGML_TYPE_F32: return (size_t)cols * 4;
-    case GGML_TYPE_F16: return (size_t)cols * 2;
-    case GGML_TYPE_Q8_0: return (size_t)(cols / QK8_0) * sizeof(BlockQ8_0);
-    }
-    return 0;
-}
-
 static const void *mat_row(const Mat *W, int r)
 {
-    return (const uint8_t *)W->data + (size_t)r * row_bytes(W->type, W->cols);
+    return (const uint8_t *)W->data + (size_t)r * ggml_row_size(W->type, W->cols);
 }
 
 void mat_get_row(const Mat *W, int r, float *out)
