@@ -10,7 +10,6 @@
  * measures the machine's ceilings: OpenBLAS sgemm at every GEMM shape of the model and
  * streaming-read bandwidth. It prints a table, then one JSON line. Timings are the best of R.
  */
-#include <cblas.h>
 #include <glib/gstdio.h>
 #include <omp.h>
 #include <stdio.h>
@@ -44,7 +43,6 @@ static void die(const char *fmt, ...)
     va_end(ap);
     exit(1);
 }
-
 
 /* A field of /proc/self/status in MiB (VmRSS, VmHWM). */
 static double proc_status_mb(const char *field)
@@ -290,35 +288,13 @@ static Run run_once(CobraSession *s, const CobraImage *img, const char *question
 
 /* ---- ceilings ---- */
 
-/* Seconds of the fastest of a few sgemm calls at one shape. */
-static double time_sgemm(const Shape *s)
-{
-    float *x = g_new(float, (size_t)s->m * s->k), *w = g_new(float, (size_t)s->n * s->k);
-    float *o = g_new(float, (size_t)s->m * s->n);
-    for (size_t i = 0; i < (size_t)s->m * s->k; i++)
-        x[i] = (float)(i % 17) * 0.01f;
-    for (size_t i = 0; i < (size_t)s->n * s->k; i++)
-        w[i] = (float)(i % 13) * 0.01f;
-    double best = 1e9;
-    for (int r = 0; r < 4; r++) {
-        double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, x, s->k, w,
-                    s->k, 0.0f, o, s->n);
-        best = MIN(best, now_s() - t0);
-    }
-    g_free(x);
-    g_free(w);
-    g_free(o);
-    return best;
-}
-
 /* Seconds the GEMMs of `shapes` take at OpenBLAS's rate; *flop gets their work. */
 static double sgemm_seconds(const Shape *shapes, int n, double *flop)
 {
     double t = 0;
     *flop = 0;
     for (int i = 0; i < n; i++) {
-        t += shapes[i].count * time_sgemm(&shapes[i]);
+        t += shapes[i].count * time_sgemm(shapes[i].m, shapes[i].n, shapes[i].k, 4);
         *flop += shape_flop(&shapes[i]);
     }
     return t;

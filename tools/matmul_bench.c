@@ -7,7 +7,6 @@
  * Weights are synthetic (no model file), so it runs anywhere the binary does; cobra-bench
  * measures the whole model. One line per shape and type.
  */
-#include <cblas.h>
 #include <glib.h>
 #include <omp.h>
 #include <stdio.h>
@@ -33,7 +32,6 @@ static const Shape shapes[] = {
     {"ssm_in (decode)", 1, 10240, 2560},  {"ssm_out (decode)", 1, 2560, 5120},
     {"output (decode)", 1, 50280, 2560},
 };
-
 
 static float frand(guint32 *s)
 {
@@ -67,36 +65,17 @@ static void *make_weights(GgmlType type, int n, int k)
     return w;
 }
 
-static double best_of(int reps, void (*fn)(void *), void *arg)
+/* Seconds of the fastest of `reps` matmul() calls of x[m][W.cols] · Wᵀ. */
+static double time_matmul(const Mat *W, const float *x, int m, float *out, Workspace *ws,
+                          int reps)
 {
     double best = 1e9;
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
-        fn(arg);
+        matmul(out, x, m, W, NULL, ws);
         best = MIN(best, now_s() - t0);
     }
     return best;
-}
-
-typedef struct {
-    const Shape *s;
-    Mat W;
-    const float *x, *wf;
-    float *out;
-    Workspace *ws;
-} Call;
-
-static void run_matmul(void *p)
-{
-    Call *c = p;
-    matmul(c->out, c->x, c->s->m, &c->W, NULL, c->ws);
-}
-
-static void run_sgemm(void *p)
-{
-    Call *c = p;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->s->m, c->s->n, c->s->k, 1.0f, c->x,
-                c->s->k, c->wf, c->s->k, 0.0f, c->out, c->s->n);
 }
 
 static const char *type_name(GgmlType t)
@@ -151,32 +130,27 @@ int main(int argc, char **argv)
         guint32 seed = 11;
         for (size_t j = 0; j < (size_t)s->m * s->k; j++)
             x[j] = frand(&seed);
-        float *wf = make_weights(GGML_TYPE_F32, s->n, s->k);
         Workspace ws;
         workspace_init(&ws, s->k, s->m);
-        Call c = {s, {0}, x, wf, out, &ws};
-        double sgemm_s = s->m > 1 && !no_sgemm ? best_of(reps, run_sgemm, &c) : 0;
+        double sgemm_s = s->m > 1 && !no_sgemm ? time_sgemm(s->m, s->n, s->k, reps) : 0;
         for (int t = first; t <= last; t++) {
             if (types[t] == GGML_TYPE_Q8_0 && s->k % QK8_0)
                 continue;
-            c.W = (Mat){make_weights(types[t], s->n, s->k), types[t], s->n, s->k};
-            double sec = best_of(reps, run_matmul, &c);
+            const Mat W = {make_weights(types[t], s->n, s->k), types[t], s->n, s->k};
+            double sec = time_matmul(&W, x, s->m, out, &ws, reps);
             double flop = 2.0 * s->m * s->n * s->k;
-            size_t wbytes = types[t] == GGML_TYPE_F32   ? (size_t)s->n * s->k * 4
-                            : types[t] == GGML_TYPE_F16 ? (size_t)s->n * s->k * 2
-                                                        : (size_t)s->n * s->k / QK8_0 * 34;
+            size_t wbytes = ggml_row_size(types[t], s->k) * s->n;
             /* GEMMs against sgemm's GFLOP/s, matrix-vector products against read GB/s */
             double engine = s->m > 1 ? flop / sec / 1e9 : wbytes / sec / 1e9;
             double ceiling = s->m == 1 ? membw : sgemm_s > 0 ? flop / sgemm_s / 1e9 : NAN;
             printf("%-18s %5d %6d %6d %5s %8.1f %s %8.1f %s %5.0f%%\n", s->name, s->m, s->n, s->k,
                    type_name(types[t]), engine, s->m > 1 ? "GF" : "GB", ceiling,
                    s->m > 1 ? "GF" : "GB", 100 * engine / ceiling);
-            g_free((void *)c.W.data);
+            g_free((void *)W.data);
         }
         workspace_free(&ws);
         g_free(x);
         g_free(out);
-        g_free(wf);
     }
     g_free(type_arg);
     return 0;
