@@ -213,7 +213,24 @@ gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t 
     return TRUE;
 }
 
-static size_t panel_block_bytes(int R);
+/* ---- packed Q8_0 panels (the int8 GEMM's, below; sized here for the workspace) ------------ */
+
+/* Weight rows per panel: the int32 lanes of one vector. */
+static int panel_rows(Isa isa)
+{
+    return isa == ISA_AVX512 ? 16 : 8;
+}
+
+/* One 32-column block of a panel of R rows:
+ *   float   d[R]        the rows' scales
+ *   int32   comp[R]     -128 * Σ w: vpdpbusd wants unsigned activations, so they are stored
+ *                       +128 and this term takes the excess back out (VNNI paths only)
+ *   int8    q[8][R][4]  weights, 4 consecutive ones of each row per 4R bytes, so one vector
+ *                       load feeds R rows and one broadcast of 4 activations multiplies them */
+static size_t panel_block_bytes(int R)
+{
+    return (size_t)R * (4 + 4 + QK8_0);
+}
 
 /* ---- workspace -------------------------------------------------------------------------------- */
 
@@ -244,7 +261,8 @@ static void ensure_capacity(Workspace *ws, GgmlType type, int cols, int n)
         ws->xq = grow(ws->xq, &ws->xq_bytes, (size_t)MAX(n, 1) * nb * sizeof(BlockQ8x));
         if (n > 1)
             ws->panels = grow(ws->panels, &ws->panels_bytes,
-                 (size_t)omp_get_max_threads() * nb * panel_block_bytes(16));
+                              (size_t)omp_get_max_threads() * nb *
+                                  panel_block_bytes(panel_rows(cpu_isa())));
     }
 }
 
@@ -536,28 +554,11 @@ static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
  * mapped file into its own buffer, which stays in cache while every activation row passes over
  * it; weights are read once per call and never copied whole. */
 
-/* Weight rows per panel: the int32 lanes of one vector. */
-static int panel_rows(Isa isa)
-{
-    return isa == ISA_AVX512 ? 16 : 8;
-}
-
 /* Activation rows per microkernel call: as many accumulators as the registers hold (16 ymm,
  * 32 zmm; each column needs an int32 and a float accumulator, AVX2 also temporaries). */
 #define NR_AVX2 4
 #define NR_AVX_VNNI 6
 #define NR_AVX512 8
-
-/* One 32-column block of a panel of R rows:
- *   float   d[R]        the rows' scales
- *   int32   comp[R]     -128 * Σ w: vpdpbusd wants unsigned activations, so they are stored
- *                       +128 and this term takes the excess back out (VNNI paths only)
- *   int8    q[8][R][4]  weights, 4 consecutive ones of each row per 4R bytes, so one vector
- *                       load feeds R rows and one broadcast of 4 activations multiplies them */
-static size_t panel_block_bytes(int R)
-{
-    return (size_t)R * (4 + 4 + QK8_0);
-}
 
 /* Any panel, the last partial one included; whole panels take pack_panel_avx2. */
 static void pack_panel(const Mat *W, int r0, int R, uint8_t *panel)
