@@ -261,6 +261,11 @@ void cobra_session_cancel(CobraSession *s)
     g_atomic_int_set(&s->cancelled, 1);
 }
 
+void cobra_session_resume(CobraSession *s)
+{
+    g_atomic_int_set(&s->cancelled, 0);
+}
+
 void cobra_session_get_timings(const CobraSession *s, CobraTimings *t)
 {
     *t = s->timings;
@@ -390,9 +395,7 @@ gboolean cobra_session_set_image(CobraSession *s, const CobraImage *img, GError 
 {
     g_return_val_if_fail(s != NULL && img != NULL, FALSE);
     omp_set_num_threads(s->n_threads);
-    gboolean ok = encode_image(s, img, error);
-    g_atomic_int_set(&s->cancelled, 0);
-    return ok;
+    return encode_image(s, img, error);
 }
 
 /* The templated prompt's ids; a question too long for the context is cut from its end (the
@@ -520,21 +523,28 @@ static char *answer(CobraSession *s, const char *question, const CobraParams *pa
     token_stream_init(&stream);
     GString *piece = g_string_new(NULL);
     int eos = tokenizer_eos(m->tokenizer);
+    s->timings.stop_reason = COBRA_STOP_MAX_TOKENS;
     while ((int)out->len < params->max_tokens) {
+        if (!check_cancel(s, error)) {
+            ok = FALSE;
+            break;
+        }
         int32_t id = sampler_sample(&sampler, s->logits, (const int32_t *)out->data, (int)out->len);
         g_array_append_val(out, id);
         if (on_token) {
             g_string_truncate(piece, 0);
             token_stream_push(m->tokenizer, &stream, id, TRUE, piece);
-            if (!on_token(piece->str, id, user_data))
+            if (!on_token(piece->str, id, user_data)) {
+                s->timings.stop_reason = COBRA_STOP_CALLBACK;
                 break;
+            }
         }
-        if (id == eos || (int)out->len == params->max_tokens)
-            break;
-        if (!check_cancel(s, error)) {
-            ok = FALSE;
+        if (id == eos) {
+            s->timings.stop_reason = COBRA_STOP_EOS;
             break;
         }
+        if ((int)out->len == params->max_tokens)
+            break;
         mamba_embed(&m->lm, &id, 1, s->embeds);
         mamba_forward(&m->lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
     }
@@ -562,7 +572,5 @@ char *cobra_session_ask(CobraSession *s, const char *question, const CobraParams
         params = &defaults;
     }
     omp_set_num_threads(s->n_threads);
-    char *text = answer(s, question, params, on_token, user_data, error);
-    g_atomic_int_set(&s->cancelled, 0);
-    return text;
+    return answer(s, question, params, on_token, user_data, error);
 }

@@ -6,8 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-#define MAX_SIDE 16384
-
 /* ---- formats ---------------------------------------------------------------------------------- */
 
 /* Packed formats: bytes per pixel and the byte offsets of R, G, B (GStreamer names memory order). */
@@ -61,10 +59,11 @@ gboolean image_validate(const CobraImage *img, GError **error)
         return FALSE;
     }
     const char *name = layouts[img->format].name;
-    if (img->width < 1 || img->width > MAX_SIDE || img->height < 1 || img->height > MAX_SIDE) {
+    if (img->width < 1 || img->width > COBRA_MAX_IMAGE_SIDE || img->height < 1 ||
+        img->height > COBRA_MAX_IMAGE_SIDE) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
                     "%s image size %d x %d is outside 1..%d", name, img->width, img->height,
-                    MAX_SIDE);
+                    COBRA_MAX_IMAGE_SIDE);
         return FALSE;
     }
     if (is_yuv(img->format) && ((unsigned)img->yuv_matrix > COBRA_YUV_BT709_FULL)) {

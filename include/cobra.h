@@ -61,6 +61,9 @@ typedef enum {
     COBRA_YUV_BT709_FULL,
 } CobraYuvMatrix;
 
+/* Largest width or height cobra_session_set_image() accepts. */
+#define COBRA_MAX_IMAGE_SIDE 16384
+
 /* A frame in memory; the engine only reads it during cobra_session_set_image(). */
 typedef struct {
     CobraPixelFormat format;
@@ -86,6 +89,9 @@ void cobra_params_init(CobraParams *params);
  * is still incomplete). Return FALSE to stop generating (the answer so far is returned). */
 typedef gboolean (*CobraTokenFunc)(const char *piece, int token_id, void *user_data);
 
+/* Why generation stopped: the stop token, max_tokens, or on_token returned FALSE. */
+typedef enum { COBRA_STOP_EOS, COBRA_STOP_MAX_TOKENS, COBRA_STOP_CALLBACK } CobraStopReason;
+
 /* Timings of the last request of a session, in seconds. */
 typedef struct {
     double image_s;    /* resize + both towers + projector */
@@ -93,6 +99,7 @@ typedef struct {
     double decode_s;   /* generated tokens */
     int n_image_tokens, n_prompt_tokens, n_generated;
     int n_prompt_truncated; /* question tokens dropped to fit the context (0 normally) */
+    CobraStopReason stop_reason;
 } CobraTimings;
 
 /* ---- model ---- */
@@ -130,9 +137,10 @@ gboolean cobra_session_set_image(CobraSession *session, const CobraImage *image,
 char *cobra_session_ask(CobraSession *session, const char *question, const CobraParams *params,
                         CobraTokenFunc on_token, void *user_data, GError **error);
 
-/* Thread-safe: makes the running (or next) set_image/ask of this session stop early with
- * COBRA_ERROR_CANCELLED. Cleared when that call returns. */
+/* Thread-safe: makes the running set_image/ask of this session, and every later one, stop with
+ * COBRA_ERROR_CANCELLED until cobra_session_resume(). */
 void cobra_session_cancel(CobraSession *session);
+void cobra_session_resume(CobraSession *session);
 
 void cobra_session_get_timings(const CobraSession *session, CobraTimings *timings);
 

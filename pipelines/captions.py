@@ -1,10 +1,17 @@
 #!/usr/bin/python3
 """Turns `gst-launch-1.0 -m` output into captions: one JSON object per line (the default), or
-an .srt subtitle file (--srt). Only the "cobravlm" element messages are read; every field of a
-message is kept, plus "element" (the name of the cobravlm that answered).
+an .srt subtitle file (--srt). Only the "cobravlm" element messages are read, with every field
+(the element's own "element" field names the cobravlm that answered).
 
     gst-launch-1.0 -m ... cobravlm ... | pipelines/captions.py
     gst-launch-1.0 -m ... cobravlm ... | pipelines/captions.py --srt --hold 2 > out.srt
+
+For JSON with no Python at all, set text-format=json on cobravlm and write its text_src to a
+file (pipelines/captions-json.sh).
+
+The .srt holds one element's captions (the first to answer, or --element NAME): answers to the
+prompt only (not to `ask`), timed from the first frame's PTS, each shown until the next caption
+(or --hold seconds for the last); answers about the same frame keep the last.
 """
 import argparse
 import json
@@ -70,6 +77,8 @@ def main():
     ap.add_argument('--srt', action='store_true', help='write SubRip subtitles')
     ap.add_argument('--hold', type=float, default=1.0,
                     help='seconds the last caption stays up (.srt; default 1)')
+    ap.add_argument('--element', help='the cobravlm whose captions go in the .srt '
+                    '(default: the first that answers)')
     args = ap.parse_args()
 
     captions = []
@@ -77,18 +86,30 @@ def main():
         m = MESSAGE.match(line)
         if not m:
             continue
-        caption = dict(element=m.group(1), **parse_fields(m.group(2)))
+        caption = dict(element=m.group(1))
+        caption.update(parse_fields(m.group(2)))
         if args.srt:
             captions.append(caption)
         else:
             print(json.dumps(caption, ensure_ascii=False), flush=True)
 
     if args.srt:
-        captions.sort(key=lambda c: c['source-pts'])
-        for i, c in enumerate(captions):
-            start = c['source-pts']
-            end = captions[i + 1]['source-pts'] if i + 1 < len(captions) else start + int(args.hold * 1e9)
-            print('%d\n%s --> %s\n%s\n' % (i + 1, srt_time(start), srt_time(end), c['text']))
+        write_srt(captions, args.element, int(args.hold * 1e9))
+
+
+def write_srt(captions, element, hold_ns):
+    if element is None and captions:
+        element = captions[0]['element']
+    by_pts = {}
+    for c in captions:
+        if c['element'] == element and 'request-id' not in c:
+            by_pts[c['source-pts']] = c    # several answers about one frame: the last
+    cues = [by_pts[pts] for pts in sorted(by_pts)]
+    origin = cues[0]['source-pts'] if cues else 0
+    for i, c in enumerate(cues):
+        start = c['source-pts'] - origin
+        end = cues[i + 1]['source-pts'] - origin if i + 1 < len(cues) else start + hold_ns
+        print('%d\n%s --> %s\n%s\n' % (i + 1, srt_time(start), srt_time(end), c['text']))
 
 
 if __name__ == '__main__':

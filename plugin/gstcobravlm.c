@@ -11,22 +11,28 @@
  * @title: cobravlm
  *
  * Runs the Cobra vision-language model on sampled video frames and attaches its answers to the
- * stream. Video passes through unchanged: no frame is modified, dropped or held.
+ * stream. Video passes through unchanged: no frame is modified, dropped or held (except with
+ * async=false, which holds each sampled frame for its answer and reports that as latency).
  *
- * A frame is sampled every #GstCobraVlm:interval of running time (the first frame always). With
- * #GstCobraVlm:async (the default) the answer is computed on a worker thread and frames that
- * arrive while it is busy pass untouched and are counted in #GstCobraVlm:frames-skipped; with
- * async=false the streaming thread waits for every answer, so each sampled frame carries its own
- * caption (offline use).
+ * A frame is sampled every #GstCobraVlm:interval of running time (the first frame always); a
+ * question asked with #GstCobraVlm::ask is answered on the next frame, whatever the interval.
+ * With #GstCobraVlm:async (the default) the answer is computed on a worker thread and due frames
+ * that arrive while it is busy pass untouched and are counted in #GstCobraVlm:frames-skipped;
+ * with async=false the streaming thread waits for every answer, so each sampled frame carries
+ * its own caption (offline use).
  *
- * Each answer leaves three ways, all with the same fields (text, prompt, source-pts,
- * running-time, latency, n-tokens, seq and, for #GstCobraVlm::ask questions, request-id):
+ * Each answer leaves three ways, all with the same fields (element, stream-id, text, prompt,
+ * request-id for asks, stop-reason, source-pts, running-time, timestamp, timestamp-source,
+ * latency, n-tokens, seq):
  *
- * * a #GstCustomMeta named "CobraCaptionMeta" on every outgoing buffer once an answer exists,
- *   with an extra boolean "fresh" that is %TRUE on the first buffer after a new answer;
- * * an element message named "cobravlm" (when #GstCobraVlm:post-messages is set);
- * * buffers on the request pad "text_src" (text/x-raw, format=utf8) whose bytes are the text,
- *   timestamped with the described frame's PTS, with GAP events in between.
+ * * a #GstCustomMeta named "CobraCaptionMeta" on the buffer it is published on (with
+ *   "fresh"=%TRUE), and the prompt's latest answer on every later buffer ("fresh"=%FALSE); each
+ *   element adds its own, so several in series are all found by iterating the metas;
+ * * an element message named "cobravlm" (when #GstCobraVlm:post-messages is set); an `ask`
+ *   that cannot be answered gets a "cobravlm-unanswered" message with the reason instead;
+ * * the request pad "text_src": with #GstCobraVlm:text-format=text the current caption on every
+ *   video frame (for textoverlay and subtitle tracks), with text-format=json one JSON object per
+ *   answer (for files and network sinks); its time follows the video's and never goes back.
  *
  * ## Example launch lines
  * |[
@@ -35,17 +41,20 @@
  * ]| Prints a "cobravlm" message per caption.
  * |[
  * gst-launch-1.0 v4l2src ! videoconvert ! cobravlm name=vlm model-file=cobra.gguf ! \
- *     textoverlay name=ov wait-text=false ! videoconvert ! autovideosink  vlm.text_src ! ov.text_sink
+ *     textoverlay name=ov ! videoconvert ! autovideosink  vlm.text_src ! ov.text_sink
  * ]| Shows the captions over a live camera.
+ * |[
+ * gst-launch-1.0 rtspsrc location=rtsp://camera/stream ! decodebin ! videoconvert ! \
+ *     cobravlm name=vlm model-file=cobra.gguf text-format=json ! fakesink \
+ *     vlm.text_src ! filesink location=events.jsonl
+ * ]| Writes one JSON line per answer.
  */
 
 #include <string.h>
 
-#include "cobra.h"
-#include "gstcobravlm.h"
+#include "gstcobravlm-private.h"
 
-GST_DEBUG_CATEGORY_STATIC (gst_cobra_vlm_debug);
-#define GST_CAT_DEFAULT gst_cobra_vlm_debug
+GST_DEBUG_CATEGORY (gst_cobra_vlm_debug);
 
 #define DEFAULT_MODEL_FILE NULL
 #define DEFAULT_PROMPT "Describe the image."
@@ -59,6 +68,7 @@ GST_DEBUG_CATEGORY_STATIC (gst_cobra_vlm_debug);
 #define DEFAULT_N_THREADS 0
 #define DEFAULT_POST_MESSAGES TRUE
 #define DEFAULT_PARTIAL_MESSAGES FALSE
+#define DEFAULT_TEXT_FORMAT GST_COBRA_VLM_TEXT_FORMAT_TEXT
 
 /* Upper bounds that keep a typo from asking for hours of decoding or thousands of threads. */
 #define MAX_MAX_TOKENS 2048
@@ -66,6 +76,10 @@ GST_DEBUG_CATEGORY_STATIC (gst_cobra_vlm_debug);
 #define MIN_TOP_P 0.001f              /* the engine needs top-p > 0 */
 #define MAX_TOP_K 65536
 #define MAX_N_THREADS 1024
+
+/* How long text_src covers a frame whose buffer and caps give no duration: short enough not to
+ * overlap the next frame's text at any rate a camera delivers, so text time never goes back. */
+#define FALLBACK_FRAME_DURATION (GST_SECOND / 120)
 
 enum
 {
@@ -82,8 +96,11 @@ enum
   PROP_N_THREADS,
   PROP_POST_MESSAGES,
   PROP_PARTIAL_MESSAGES,
+  PROP_TEXT_FORMAT,
   PROP_FRAMES_ANALYZED,
   PROP_FRAMES_SKIPPED,
+  PROP_ASKS_REFUSED,
+  PROP_TEXT_DROPPED,
 };
 
 enum
@@ -94,94 +111,66 @@ enum
 
 static guint gst_cobra_vlm_signals[LAST_SIGNAL];
 
-#define VIDEO_CAPS GST_VIDEO_CAPS_MAKE ("{ RGB, RGBA, BGRx, BGRA, xRGB, I420, NV12 }")
+/* The raw formats the engine reads, in the order the caps offer them (cheapest first). */
+static const struct
+{
+  GstVideoFormat video;
+  CobraPixelFormat cobra;
+} formats[] = {
+  {GST_VIDEO_FORMAT_I420, COBRA_FORMAT_I420},
+  {GST_VIDEO_FORMAT_NV12, COBRA_FORMAT_NV12},
+  {GST_VIDEO_FORMAT_RGB, COBRA_FORMAT_RGB},
+  {GST_VIDEO_FORMAT_BGR, COBRA_FORMAT_BGR},
+  {GST_VIDEO_FORMAT_RGBA, COBRA_FORMAT_RGBA},
+  {GST_VIDEO_FORMAT_RGBx, COBRA_FORMAT_RGBx},
+  {GST_VIDEO_FORMAT_BGRA, COBRA_FORMAT_BGRA},
+  {GST_VIDEO_FORMAT_BGRx, COBRA_FORMAT_BGRx},
+  {GST_VIDEO_FORMAT_ARGB, COBRA_FORMAT_ARGB},
+  {GST_VIDEO_FORMAT_xRGB, COBRA_FORMAT_xRGB},
+  {GST_VIDEO_FORMAT_ABGR, COBRA_FORMAT_ABGR},
+  {GST_VIDEO_FORMAT_xBGR, COBRA_FORMAT_xBGR},
+};
 
-static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
-    GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS (VIDEO_CAPS));
-static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
-    GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS (VIDEO_CAPS));
+/* video/x-raw in the formats above, at sizes the engine accepts */
+static GstCaps *
+video_caps (void)
+{
+  GstCaps *caps = gst_caps_new_empty_simple ("video/x-raw");
+  GValue list = G_VALUE_INIT, v = G_VALUE_INIT;
+
+  g_value_init (&list, GST_TYPE_LIST);
+  g_value_init (&v, G_TYPE_STRING);
+  for (guint i = 0; i < G_N_ELEMENTS (formats); i++) {
+    g_value_set_static_string (&v, gst_video_format_to_string (formats[i].video));
+    gst_value_list_append_value (&list, &v);
+  }
+  gst_caps_set_value (caps, "format", &list);
+  gst_caps_set_simple (caps, "width", GST_TYPE_INT_RANGE, 1, COBRA_MAX_IMAGE_SIDE,
+      "height", GST_TYPE_INT_RANGE, 1, COBRA_MAX_IMAGE_SIDE,
+      "framerate", GST_TYPE_FRACTION_RANGE, 0, 1, G_MAXINT, 1, NULL);
+  g_value_unset (&v);
+  g_value_unset (&list);
+  return caps;
+}
+
 static GstStaticPadTemplate text_src_template = GST_STATIC_PAD_TEMPLATE ("text_src",
     GST_PAD_SRC, GST_PAD_REQUEST, GST_STATIC_CAPS ("text/x-raw, format=(string)utf8"));
 
-/* A question for one frame: the prompt (request_id 0) or an `ask`. */
-typedef struct
+GType
+gst_cobra_vlm_text_format_get_type (void)
 {
-  gchar *question;
-  guint request_id;
-} Question;
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    {GST_COBRA_VLM_TEXT_FORMAT_TEXT, "The current caption on every frame (overlays, subtitles)",
+        "text"},
+    {GST_COBRA_VLM_TEXT_FORMAT_JSON, "One JSON object per answer (JSON Lines)", "json"},
+    {0, NULL, NULL},
+  };
 
-/* One sampled frame and the questions to answer about it. */
-typedef struct
-{
-  GstBuffer *copy;              /* element-owned copy of the frame */
-  GstVideoFrame frame;          /* `copy`, mapped while the job lives */
-  CobraImage image;             /* points into `frame` */
-  GList *questions;             /* of Question: the prompt first, then the asks */
-  CobraParams params;
-  gboolean partial_messages;
-  GstClockTime pts, running_time;
-  gint64 arrival_us;            /* g_get_monotonic_time() when the frame arrived */
-  guint epoch;                  /* results of jobs from before a flush are dropped */
-} Job;
-
-struct _GstCobraVlm
-{
-  GstVideoFilter parent;
-
-  /* properties and counters, under the object lock */
-  gchar *model_file;
-  gchar *prompt;
-  GstClockTime interval;
-  gboolean async;
-  guint max_tokens;
-  gfloat temperature;
-  guint top_k;
-  gfloat top_p;
-  guint64 seed;
-  guint n_threads;
-  gboolean post_messages;
-  gboolean partial_messages;
-  guint64 frames_analyzed, frames_skipped;
-  GQueue asks;                  /* of Question, for the next sampled frame */
-  guint next_request_id;
-
-  /* loaded in NULL->READY, freed in READY->NULL */
-  CobraModel *model;
-  /* made in start(), freed in stop() */
-  CobraSession *session;
-  GThread *worker;              /* only with async */
-
-  /* job slot and results, under `lock`; `cond` signals any change */
-  GMutex lock;
-  GCond cond;
-  Job *job;                     /* waiting for the worker */
-  gboolean busy;                /* a job runs (on the worker, or on the streaming thread) */
-  gboolean cancelled;           /* the running job was cancelled on purpose */
-  gboolean shutting_down;
-  guint epoch;
-  guint64 seq;
-  GQueue done;                  /* of GstStructure results not yet published */
-
-  /* the thread running jobs: the last over-long question warned about */
-  gchar *truncated_question;
-
-  /* streaming-thread state */
-  CobraPixelFormat format;
-  CobraYuvMatrix yuv_matrix;
-  GstClockTime last_sampled;    /* running time of the last analysed frame */
-  GstClockTime last_pts, last_duration;
-  GstStructure *latest;         /* the result the meta carries */
-  gboolean fresh;
-
-  /* text_src: the streaming thread queues, the pad's task pushes, so a blocked text branch
-   * (textoverlay waiting for video) never blocks the video; under `text_lock` */
-  GMutex text_lock;
-  GCond text_cond;
-  GstPad *text_pad;
-  GQueue text_queue;            /* of GstBuffer and GstEvent */
-  gboolean text_flushing;
-  gboolean text_started;        /* stream-start, caps and segment are queued */
-};
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type, g_enum_register_static ("GstCobraVlmTextFormat", values));
+  return type;
+}
 
 #define gst_cobra_vlm_parent_class parent_class
 G_DEFINE_TYPE (GstCobraVlm, gst_cobra_vlm, GST_TYPE_VIDEO_FILTER);
@@ -200,6 +189,8 @@ static void gst_cobra_vlm_release_pad (GstElement * element, GstPad * pad);
 static gboolean gst_cobra_vlm_start (GstBaseTransform * trans);
 static gboolean gst_cobra_vlm_stop (GstBaseTransform * trans);
 static gboolean gst_cobra_vlm_sink_event (GstBaseTransform * trans, GstEvent * event);
+static gboolean gst_cobra_vlm_query (GstBaseTransform * trans, GstPadDirection direction,
+    GstQuery * query);
 static GstFlowReturn gst_cobra_vlm_transform_ip (GstBaseTransform * trans, GstBuffer * buf);
 static gboolean gst_cobra_vlm_set_info (GstVideoFilter * filter, GstCaps * incaps,
     GstVideoInfo * in_info, GstCaps * outcaps, GstVideoInfo * out_info);
@@ -214,6 +205,8 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
   GstVideoFilterClass *filter_class = GST_VIDEO_FILTER_CLASS (klass);
   static const gchar *meta_tags[] = { NULL };
 
+  GstCaps *caps;
+
   GST_DEBUG_CATEGORY_INIT (gst_cobra_vlm_debug, "cobravlm", 0,
       "Cobra vision-language model");
 
@@ -226,7 +219,8 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
 
   g_object_class_install_property (gobject_class, PROP_MODEL_FILE,
       g_param_spec_string ("model-file", "Model file",
-          "Cobra model file (GGUF, written by cobra_convert.py); loaded in NULL->READY",
+          "Cobra model file (GGUF, written by cobra_convert.py); loaded in NULL->READY "
+          "(again in READY->PAUSED when changed in READY); refused in PAUSED and PLAYING",
           DEFAULT_MODEL_FILE,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_PROMPT,
@@ -283,6 +277,11 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
           "Post a \"cobravlm-partial\" element message for every generated token",
           DEFAULT_PARTIAL_MESSAGES,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_TEXT_FORMAT,
+      g_param_spec_enum ("text-format", "Text format",
+          "What text_src carries: the current caption on every frame, or one JSON object "
+          "per answer", GST_TYPE_COBRA_VLM_TEXT_FORMAT, DEFAULT_TEXT_FORMAT,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_FRAMES_ANALYZED,
       g_param_spec_uint64 ("frames-analyzed", "Frames analysed",
           "Frames handed to the model since the element started", 0, G_MAXUINT64, 0,
@@ -291,16 +290,29 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
       g_param_spec_uint64 ("frames-skipped", "Frames skipped",
           "Frames due for analysis that passed un-analysed because the model was busy",
           0, G_MAXUINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
+  g_object_class_install_property (gobject_class, PROP_ASKS_REFUSED,
+      g_param_spec_uint64 ("asks-refused", "Asks refused",
+          "`ask` calls refused: an invalid question, " G_STRINGIFY (MAX_PENDING_ASKS)
+          " already waiting, or after EOS", 0, G_MAXUINT64, 0,
+          G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
+  g_object_class_install_property (gobject_class, PROP_TEXT_DROPPED,
+      g_param_spec_uint64 ("text-dropped", "Text dropped",
+          "text_src buffers replaced by GAP events because the text branch held "
+          G_STRINGIFY (MAX_TEXT_QUEUE) " items", 0, G_MAXUINT64, 0,
+          G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
 
   /**
    * GstCobraVlm::ask:
    * @cobravlm: the element
    * @question: a question (non-empty UTF-8)
    *
-   * Asks @question once, about the next sampled frame, besides the prompt. Its result carries
-   * the returned id as "request-id".
+   * Asks @question once, about the next frame that arrives (whatever #GstCobraVlm:interval;
+   * after the answer in progress, if any). Its result carries the returned id as "request-id";
+   * if it cannot be answered (flush, stop, EOS first, an error) a "cobravlm-unanswered"
+   * message with that id says why.
    *
-   * Returns: the request id (> 0), or 0 when @question was rejected
+   * Returns: the request id (> 0), or 0 when @question was refused (not non-empty UTF-8, or
+   * too many questions waiting), with a warning on the bus
    */
   gst_cobra_vlm_signals[SIGNAL_ASK] =
       g_signal_new_class_handler ("ask", G_TYPE_FROM_CLASS (klass),
@@ -311,8 +323,12 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
       "Filter/Analyzer/Video",
       "Captions and answers questions about video frames with the Cobra model",
       "gst-cobra developers");
-  gst_element_class_add_static_pad_template (element_class, &sink_template);
-  gst_element_class_add_static_pad_template (element_class, &src_template);
+  caps = video_caps ();
+  gst_element_class_add_pad_template (element_class,
+      gst_pad_template_new ("sink", GST_PAD_SINK, GST_PAD_ALWAYS, caps));
+  gst_element_class_add_pad_template (element_class,
+      gst_pad_template_new ("src", GST_PAD_SRC, GST_PAD_ALWAYS, caps));
+  gst_caps_unref (caps);
   gst_element_class_add_static_pad_template (element_class, &text_src_template);
 
   element_class->change_state = GST_DEBUG_FUNCPTR (gst_cobra_vlm_change_state);
@@ -322,6 +338,7 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
   trans_class->start = GST_DEBUG_FUNCPTR (gst_cobra_vlm_start);
   trans_class->stop = GST_DEBUG_FUNCPTR (gst_cobra_vlm_stop);
   trans_class->sink_event = GST_DEBUG_FUNCPTR (gst_cobra_vlm_sink_event);
+  trans_class->query = GST_DEBUG_FUNCPTR (gst_cobra_vlm_query);
   /* Replaces GstVideoFilter's transform_ip, which maps frames for writing and so copies the
    * memory of every buffer another element still holds; this one only reads sampled frames. */
   trans_class->transform_ip = GST_DEBUG_FUNCPTR (gst_cobra_vlm_transform_ip);
@@ -342,6 +359,7 @@ gst_cobra_vlm_init (GstCobraVlm * self)
   self->n_threads = DEFAULT_N_THREADS;
   self->post_messages = DEFAULT_POST_MESSAGES;
   self->partial_messages = DEFAULT_PARTIAL_MESSAGES;
+  self->text_format = DEFAULT_TEXT_FORMAT;
   g_queue_init (&self->asks);
   g_mutex_init (&self->lock);
   g_cond_init (&self->cond);
@@ -350,33 +368,11 @@ gst_cobra_vlm_init (GstCobraVlm * self)
   g_cond_init (&self->text_cond);
   g_queue_init (&self->text_queue);
   self->last_sampled = GST_CLOCK_TIME_NONE;
+  self->text_position = GST_CLOCK_TIME_NONE;
 
   /* in place, and never a late frame dropped for QoS (GstVideoFilter enables it) */
   gst_base_transform_set_in_place (GST_BASE_TRANSFORM (self), TRUE);
   gst_base_transform_set_qos_enabled (GST_BASE_TRANSFORM (self), FALSE);
-}
-
-static void
-question_free (Question * q)
-{
-  g_free (q->question);
-  g_free (q);
-}
-
-static Question *
-question_new (const gchar * text, guint request_id)
-{
-  Question *q = g_new (Question, 1);
-
-  q->question = g_strdup (text);
-  q->request_id = request_id;
-  return q;
-}
-
-static void
-text_queue_clear_locked (GstCobraVlm * self)
-{
-  g_queue_clear_full (&self->text_queue, (GDestroyNotify) gst_mini_object_unref);
 }
 
 static void
@@ -386,8 +382,10 @@ gst_cobra_vlm_finalize (GObject * object)
 
   g_free (self->model_file);
   g_free (self->prompt);
+  g_free (self->stream_id);
+  g_free (self->caption);
   g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
-  text_queue_clear_locked (self);
+  text_queue_clear (self);
   /* only when the application disposed of the element without setting it to NULL */
   g_clear_pointer (&self->model, cobra_model_free);
   g_mutex_clear (&self->lock);
@@ -410,30 +408,49 @@ question_is_valid (const gchar * text)
   return FALSE;
 }
 
+/* Properties refused with a reason (posted once the object lock is released). */
+static gboolean
+refuse_property (GstCobraVlm * self, guint prop_id, const GValue * value)
+{
+  switch (prop_id) {
+    case PROP_MODEL_FILE:
+      /* the session in use reads the loaded model: a new one is taken in READY->PAUSED */
+      if (GST_STATE (self) <= GST_STATE_READY && GST_STATE_NEXT (self) <= GST_STATE_READY)
+        return FALSE;
+      GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+          ("model-file can only change in the NULL or READY state; keeping \"%s\".",
+              self->model_file), ("refused \"%s\" while %s", g_value_get_string (value),
+              gst_element_state_get_name (GST_STATE (self))));
+      return TRUE;
+    case PROP_PROMPT:
+      if (question_is_valid (g_value_get_string (value)))
+        return FALSE;
+      GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+          ("The prompt must be non-empty UTF-8 text; keeping \"%s\".", self->prompt), (NULL));
+      return TRUE;
+    default:
+      return FALSE;
+  }
+}
+
 static void
 gst_cobra_vlm_set_property (GObject * object, guint prop_id,
     const GValue * value, GParamSpec * pspec)
 {
   GstCobraVlm *self = GST_COBRA_VLM (object);
 
+  if (refuse_property (self, prop_id, value))
+    return;
   GST_OBJECT_LOCK (self);
   switch (prop_id) {
     case PROP_MODEL_FILE:
       g_free (self->model_file);
       self->model_file = g_value_dup_string (value);
       break;
-    case PROP_PROMPT:{
-      const gchar *prompt = g_value_get_string (value);
-
-      if (question_is_valid (prompt)) {
-        g_free (self->prompt);
-        self->prompt = g_strdup (prompt);
-      } else {
-        g_warning ("%s: the prompt must be non-empty UTF-8 text; keeping \"%s\"",
-            GST_OBJECT_NAME (self), self->prompt);
-      }
+    case PROP_PROMPT:
+      g_free (self->prompt);
+      self->prompt = g_value_dup_string (value);
       break;
-    }
     case PROP_INTERVAL:
       self->interval = g_value_get_uint64 (value);
       break;
@@ -463,6 +480,9 @@ gst_cobra_vlm_set_property (GObject * object, guint prop_id,
       break;
     case PROP_PARTIAL_MESSAGES:
       self->partial_messages = g_value_get_boolean (value);
+      break;
+    case PROP_TEXT_FORMAT:
+      self->text_format = g_value_get_enum (value);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -515,11 +535,20 @@ gst_cobra_vlm_get_property (GObject * object, guint prop_id, GValue * value,
     case PROP_PARTIAL_MESSAGES:
       g_value_set_boolean (value, self->partial_messages);
       break;
+    case PROP_TEXT_FORMAT:
+      g_value_set_enum (value, self->text_format);
+      break;
     case PROP_FRAMES_ANALYZED:
       g_value_set_uint64 (value, self->frames_analyzed);
       break;
     case PROP_FRAMES_SKIPPED:
       g_value_set_uint64 (value, self->frames_skipped);
+      break;
+    case PROP_ASKS_REFUSED:
+      g_value_set_uint64 (value, self->asks_refused);
+      break;
+    case PROP_TEXT_DROPPED:
+      g_value_set_uint64 (value, self->text_dropped);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -531,23 +560,42 @@ gst_cobra_vlm_get_property (GObject * object, guint prop_id, GValue * value,
 static guint
 gst_cobra_vlm_ask (GstCobraVlm * self, const gchar * question)
 {
-  guint id;
+  gboolean valid = question_is_valid (question), ended, full;
+  guint id = 0;
 
-  if (!question_is_valid (question)) {
-    g_warning ("%s: ask: the question must be non-empty UTF-8 text", GST_OBJECT_NAME (self));
-    return 0;
-  }
+  /* `lock` too: EOS sets `draining` under it before it answers the asks left, so no question
+   * slips in after that */
+  g_mutex_lock (&self->lock);
   GST_OBJECT_LOCK (self);
-  id = ++self->next_request_id;
-  if (id == 0)                  /* 0 means rejected */
+  ended = self->draining;
+  full = self->asks.length >= MAX_PENDING_ASKS;
+  if (valid && !ended && !full) {
     id = ++self->next_request_id;
-  g_queue_push_tail (&self->asks, question_new (question, id));
+    if (id == 0)                /* 0 means refused */
+      id = ++self->next_request_id;
+    g_queue_push_tail (&self->asks, question_new (question, id));
+  } else {
+    self->asks_refused++;
+  }
   GST_OBJECT_UNLOCK (self);
-  GST_DEBUG_OBJECT (self, "request %u: %s", id, question);
+  g_mutex_unlock (&self->lock);
+
+  if (!valid)
+    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+        ("ask: the question must be non-empty UTF-8 text."), (NULL));
+  else if (ended)
+    GST_ELEMENT_WARNING (self, RESOURCE, BUSY,
+        ("ask: the stream has ended; question refused."), ("refused: %s", question));
+  else if (full)
+    GST_ELEMENT_WARNING (self, RESOURCE, BUSY,
+        ("ask: %d questions are already waiting; question refused.", MAX_PENDING_ASKS),
+        ("refused: %s", question));
+  else
+    GST_DEBUG_OBJECT (self, "request %u: %s", id, question);
   return id;
 }
 
-/* ---- model and session ---- */
+/* ---- model ---- */
 
 /* Loads model-file unless it is the one already loaded. */
 static gboolean
@@ -596,7 +644,7 @@ copy_field (GQuark field, const GValue * value, gpointer dest)
   return TRUE;
 }
 
-/* Puts a result's fields, and `fresh`, in a CobraCaptionMeta on `buf` (writable). */
+/* Puts a result's fields, and `fresh`, in a CobraCaptionMeta of its own on `buf`. */
 static void
 add_caption_meta (GstBuffer * buf, const GstStructure * result, gboolean fresh)
 {
@@ -607,62 +655,208 @@ add_caption_meta (GstBuffer * buf, const GstStructure * result, gboolean fresh)
   gst_structure_set (s, "fresh", G_TYPE_BOOLEAN, fresh, NULL);
 }
 
-static void
-post_structure (GstCobraVlm * self, GstStructure * s)
+/* Hands the results finished since the last call on: each to the meta of `buf` (when there is
+ * one) and, in JSON mode, to text_src at [start, end); the prompt's becomes the caption every
+ * later buffer carries. TRUE when the prompt's was among them. */
+static gboolean
+publish_results (GstCobraVlm * self, GstBuffer * buf, GstClockTime start, GstClockTime end)
 {
-  gst_element_post_message (GST_ELEMENT (self),
-      gst_message_new_element (GST_OBJECT (self), s));
+  GQueue results;
+  GstStructure *result;
+  gboolean caption = FALSE;
+
+  g_mutex_lock (&self->lock);
+  results = self->done;
+  g_queue_init (&self->done);
+  g_mutex_unlock (&self->lock);
+
+  while ((result = g_queue_pop_head (&results))) {
+    if (buf)
+      add_caption_meta (buf, result, TRUE);
+    text_push_result (self, result, start, end);
+    if (gst_structure_has_field (result, "request-id")) {
+      gst_structure_free (result);
+      continue;
+    }
+    text_set_caption (self, gst_structure_get_string (result, "text"));
+    if (self->latest)
+      gst_structure_free (self->latest);
+    self->latest = result;
+    caption = TRUE;
+  }
+  return caption;
 }
 
-typedef struct
-{
-  GstCobraVlm *self;
-  const Job *job;
-  const Question *question;
-  GString *text;
-} Partial;
+/* ---- streaming ---- */
 
 static gboolean
-on_token (const char *piece, int token_id, void *user_data)
+sample_due (GstCobraVlm * self, GstClockTime running_time)
 {
-  Partial *p = user_data;
-  GstStructure *s;
+  GstClockTime interval;
 
-  g_string_append (p->text, piece);
-  s = gst_structure_new ("cobravlm-partial",
-      "text", G_TYPE_STRING, p->text->str,
-      "piece", G_TYPE_STRING, piece,
-      "token-id", G_TYPE_INT, token_id,
-      "prompt", G_TYPE_STRING, p->question->question,
-      "source-pts", G_TYPE_UINT64, p->job->pts, NULL);
-  if (p->question->request_id)
-    gst_structure_set (s, "request-id", G_TYPE_UINT, p->question->request_id, NULL);
-  post_structure (p->self, s);
-  return TRUE;
+  if (!GST_CLOCK_TIME_IS_VALID (running_time) || !GST_CLOCK_TIME_IS_VALID (self->last_sampled))
+    return TRUE;
+  if (running_time < self->last_sampled)        /* time went back: a new segment */
+    return TRUE;
+  GST_OBJECT_LOCK (self);
+  interval = self->interval;
+  GST_OBJECT_UNLOCK (self);
+  return running_time - self->last_sampled >= interval;
 }
 
-/* ---- jobs ---- */
-
-static CobraPixelFormat
-cobra_format_from_video (GstVideoFormat format)
+/* Starts a job for this frame when the prompt is due or questions wait, and the model is free. */
+static void
+maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
+    gint64 arrival_us)
 {
-  switch (format) {
-    case GST_VIDEO_FORMAT_RGB:
-      return COBRA_FORMAT_RGB;
-    case GST_VIDEO_FORMAT_RGBA:
-      return COBRA_FORMAT_RGBA;
-    case GST_VIDEO_FORMAT_BGRx:
-      return COBRA_FORMAT_BGRx;
-    case GST_VIDEO_FORMAT_BGRA:
-      return COBRA_FORMAT_BGRA;
-    case GST_VIDEO_FORMAT_xRGB:
-      return COBRA_FORMAT_xRGB;
-    case GST_VIDEO_FORMAT_I420:
-      return COBRA_FORMAT_I420;
-    default:
-      g_assert (format == GST_VIDEO_FORMAT_NV12);       /* the caps allow nothing else */
-      return COBRA_FORMAT_NV12;
+  gboolean due = sample_due (self, running_time), asked, stopping, busy;
+  Job *job;
+
+  GST_OBJECT_LOCK (self);
+  asked = !g_queue_is_empty (&self->asks);
+  GST_OBJECT_UNLOCK (self);
+  if (!due && !asked)
+    return;
+
+  g_mutex_lock (&self->lock);
+  stopping = self->shutting_down || self->draining;
+  busy = self->running || self->job;
+  g_mutex_unlock (&self->lock);
+  if (stopping) {
+    GST_DEBUG_OBJECT (self, "stopping: frame at %" GST_TIME_FORMAT " not analysed",
+        GST_TIME_ARGS (GST_BUFFER_PTS (buf)));
+    return;
   }
+  if (busy) {
+    if (due) {
+      GST_OBJECT_LOCK (self);
+      self->frames_skipped++;
+      GST_OBJECT_UNLOCK (self);
+    }
+    return;
+  }
+  job = job_new (self, buf, due, running_time, arrival_us);
+  if (job == NULL)
+    return;
+  if (due)
+    self->last_sampled = running_time;
+  g_mutex_lock (&self->lock);
+  job->epoch = self->epoch;
+  if (self->worker) {
+    self->job = job;
+    g_cond_broadcast (&self->cond);
+  } else {
+    run_job_locked (self, job);
+  }
+  g_mutex_unlock (&self->lock);
+}
+
+static GstFlowReturn
+gst_cobra_vlm_transform_ip (GstBaseTransform * trans, GstBuffer * buf)
+{
+  GstCobraVlm *self = GST_COBRA_VLM (trans);
+  GstClockTime pts = GST_BUFFER_PTS (buf), duration = GST_BUFFER_DURATION (buf), end;
+  GstClockTime running_time = gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME, pts);
+  gint64 arrival_us = g_get_monotonic_time ();
+  gboolean caption;
+
+  if (G_UNLIKELY (!GST_VIDEO_FILTER (self)->negotiated))
+    return GST_FLOW_NOT_NEGOTIATED;
+
+  if (!GST_CLOCK_TIME_IS_VALID (duration))
+    duration = GST_CLOCK_TIME_IS_VALID (self->frame_duration) ? self->frame_duration :
+        FALLBACK_FRAME_DURATION;
+  end = GST_CLOCK_TIME_IS_VALID (pts) ? pts + duration : GST_CLOCK_TIME_NONE;
+
+  caption = publish_results (self, buf, pts, end);
+  maybe_analyse (self, buf, running_time, arrival_us);
+  if (self->worker == NULL)
+    caption |= publish_results (self, buf, pts, end);
+
+  if (self->latest && !caption)
+    add_caption_meta (buf, self->latest, FALSE);
+  text_cover (self, pts, end);
+  return GST_FLOW_OK;
+}
+
+static gboolean
+gst_cobra_vlm_sink_event (GstBaseTransform * trans, GstEvent * event)
+{
+  GstCobraVlm *self = GST_COBRA_VLM (trans);
+  const gchar *stream_id;
+  Job *dropped;
+  gboolean ret;
+
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_STREAM_START:
+      gst_event_parse_stream_start (event, &stream_id);
+      GST_OBJECT_LOCK (self);
+      g_free (self->stream_id);
+      self->stream_id = g_strdup (stream_id);
+      GST_OBJECT_UNLOCK (self);
+      break;
+    case GST_EVENT_FLUSH_START:
+      g_mutex_lock (&self->lock);
+      self->epoch++;
+      dropped = cancel_locked (self, "flushed");
+      g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
+      g_mutex_unlock (&self->lock);
+      if (dropped)
+        job_abandon (self, dropped, "flushed");
+      text_flush (self, event);
+      break;
+    case GST_EVENT_FLUSH_STOP:
+      self->last_sampled = GST_CLOCK_TIME_NONE;
+      g_clear_pointer (&self->latest, gst_structure_free);
+      g_mutex_lock (&self->lock);
+      self->draining = FALSE;
+      g_mutex_unlock (&self->lock);
+      text_flush (self, event);
+      break;
+    case GST_EVENT_EOS:
+      /* the answer in progress belongs before EOS; questions after it are left */
+      g_mutex_lock (&self->lock);
+      self->draining = TRUE;
+      while ((self->job || self->running) && !self->shutting_down)
+        g_cond_wait (&self->cond, &self->lock);
+      g_mutex_unlock (&self->lock);
+      publish_results (self, NULL, trans->segment.position, GST_CLOCK_TIME_NONE);
+      post_unanswered_asks (self, "eos");
+      text_push_eos (self);
+      break;
+    default:
+      break;
+  }
+
+  ret = GST_BASE_TRANSFORM_CLASS (parent_class)->sink_event (trans, event);
+
+  if (GST_EVENT_TYPE (event) == GST_EVENT_SEGMENT)
+    text_push_segment (self, &trans->segment);
+  return ret;
+}
+
+/* With async=false each sampled frame waits for its analysis: that is latency a live pipeline
+ * must know, or its sinks drop the frames behind it. It grows to the longest analysis seen (a
+ * latency message asks the pipeline to query again). */
+static gboolean
+gst_cobra_vlm_query (GstBaseTransform * trans, GstPadDirection direction, GstQuery * query)
+{
+  GstCobraVlm *self = GST_COBRA_VLM (trans);
+  gboolean ret = GST_BASE_TRANSFORM_CLASS (parent_class)->query (trans, direction, query);
+  GstClockTime min, max, processing;
+  gboolean live;
+
+  if (!ret || direction != GST_PAD_SRC || GST_QUERY_TYPE (query) != GST_QUERY_LATENCY)
+    return ret;
+  g_mutex_lock (&self->lock);
+  processing = self->worker ? 0 : self->processing;
+  g_mutex_unlock (&self->lock);
+  gst_query_parse_latency (query, &live, &min, &max);
+  GST_DEBUG_OBJECT (self, "adding %" GST_TIME_FORMAT " of processing latency",
+      GST_TIME_ARGS (processing));
+  gst_query_set_latency (query, live, min + processing,
+      GST_CLOCK_TIME_IS_VALID (max) ? max + processing : max);
+  return ret;
 }
 
 /* The engine knows BT.601 and BT.709; other matrices get the closer of the two by size. */
@@ -689,553 +883,41 @@ cobra_matrix_from_video (const GstVideoInfo * info)
   return full ? COBRA_YUV_BT601_FULL : COBRA_YUV_BT601_LIMITED;
 }
 
-static void
-job_free (Job * job)
-{
-  gst_video_frame_unmap (&job->frame);
-  gst_buffer_unref (job->copy);
-  g_list_free_full (job->questions, (GDestroyNotify) question_free);
-  g_free (job);
-}
-
-/* Copies the frame (planes with their strides) and takes the prompt, the pending asks and the
- * decoding properties as they are now. Counts the frame as analysed. */
-static Job *
-job_new (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time, gint64 arrival_us)
-{
-  GstVideoInfo *info = &GST_VIDEO_FILTER (self)->in_info;
-  GstVideoFrame in;
-  Job *job;
-
-  if (!gst_video_frame_map (&in, info, buf, GST_MAP_READ)) {
-    GST_ELEMENT_WARNING (self, STREAM, FAILED, ("Could not read a video frame."),
-        ("buffer %" GST_PTR_FORMAT " does not match the caps", buf));
-    return NULL;
-  }
-  job = g_new0 (Job, 1);
-  job->copy = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (info), NULL);
-  gst_video_frame_map (&job->frame, info, job->copy, GST_MAP_READWRITE);
-  gst_video_frame_copy (&job->frame, &in);
-  gst_video_frame_unmap (&in);
-
-  job->image.format = self->format;
-  job->image.width = GST_VIDEO_INFO_WIDTH (info);
-  job->image.height = GST_VIDEO_INFO_HEIGHT (info);
-  for (guint i = 0; i < GST_VIDEO_FRAME_N_PLANES (&job->frame); i++) {
-    job->image.planes[i] = GST_VIDEO_FRAME_PLANE_DATA (&job->frame, i);
-    job->image.strides[i] = GST_VIDEO_FRAME_PLANE_STRIDE (&job->frame, i);
-  }
-  job->image.yuv_matrix = self->yuv_matrix;
-  job->pts = GST_BUFFER_PTS (buf);
-  job->running_time = running_time;
-  job->arrival_us = arrival_us;
-
-  cobra_params_init (&job->params);
-  GST_OBJECT_LOCK (self);
-  job->params.max_tokens = self->max_tokens;
-  job->params.temperature = self->temperature;
-  job->params.top_k = self->top_k;
-  job->params.top_p = self->top_p;
-  job->params.seed = self->seed;
-  job->partial_messages = self->partial_messages;
-  job->questions = g_list_prepend (self->asks.head, question_new (self->prompt, 0));
-  g_queue_init (&self->asks);
-  self->frames_analyzed++;
-  GST_OBJECT_UNLOCK (self);
-  return job;
-}
-
-/* cobra_session_cancel() stays armed until the call it stops returns, so a cancel aimed at a
- * job that had just finished stops the next call instead: such a call is retried. Clears the
- * error and returns TRUE for a retry. */
-static gboolean
-stale_cancel (GstCobraVlm * self, GError ** err)
-{
-  gboolean stale;
-
-  if (!g_error_matches (*err, COBRA_ERROR, COBRA_ERROR_CANCELLED))
-    return FALSE;
-  g_mutex_lock (&self->lock);
-  stale = !self->cancelled;
-  g_mutex_unlock (&self->lock);
-  if (stale)
-    g_clear_error (err);
-  return stale;
-}
-
-/* A cancel is expected; anything else is worth a warning, but the stream goes on. */
-static void
-report_failure (GstCobraVlm * self, const Job * job, GError * err)
-{
-  if (g_error_matches (err, COBRA_ERROR, COBRA_ERROR_CANCELLED))
-    GST_DEBUG_OBJECT (self, "generation cancelled");
-  else
-    GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
-        ("Could not analyse the frame at %" GST_TIME_FORMAT ": %s",
-            GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
-  g_error_free (err);
-}
-
-/* Runs the model on a job (without `lock`): results go to `done` unless a flush came first. */
-static void
-run_job (GstCobraVlm * self, const Job * job)
-{
-  GError *err = NULL;
-  gboolean ok;
-
-  do
-    ok = cobra_session_set_image (self->session, &job->image, &err);
-  while (!ok && stale_cancel (self, &err));
-  if (!ok) {
-    report_failure (self, job, err);
-    return;
-  }
-
-  for (GList *l = job->questions; l; l = l->next) {
-    const Question *q = l->data;
-    Partial partial = { self, job, q, g_string_new (NULL) };
-    CobraTimings timings;
-    GstStructure *result;
-    gboolean keep, post;
-    char *answer;
-
-    do {
-      g_string_truncate (partial.text, 0);
-      answer = cobra_session_ask (self->session, q->question, &job->params,
-          job->partial_messages ? on_token : NULL, &partial, &err);
-    } while (answer == NULL && stale_cancel (self, &err));
-    g_string_free (partial.text, TRUE);
-    if (answer == NULL) {
-      gboolean cancelled = g_error_matches (err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
-
-      report_failure (self, job, err);
-      if (cancelled)
-        return;
-      continue;
-    }
-
-    cobra_session_get_timings (self->session, &timings);
-    if (timings.n_prompt_truncated > 0
-        && g_strcmp0 (self->truncated_question, q->question) != 0) {
-      GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
-          ("The question is too long for the model: %d of its tokens were dropped.",
-              timings.n_prompt_truncated), ("question: %s", q->question));
-      g_free (self->truncated_question);
-      self->truncated_question = g_strdup (q->question);
-    }
-    result = gst_structure_new ("cobravlm",
-        "text", G_TYPE_STRING, answer,
-        "prompt", G_TYPE_STRING, q->question,
-        "source-pts", G_TYPE_UINT64, job->pts,
-        "running-time", G_TYPE_UINT64, job->running_time,
-        "latency", G_TYPE_UINT64,
-        (guint64) (g_get_monotonic_time () - job->arrival_us) * GST_USECOND,
-        "n-tokens", G_TYPE_UINT, (guint) timings.n_generated, NULL);
-    if (q->request_id)
-      gst_structure_set (result, "request-id", G_TYPE_UINT, q->request_id, NULL);
-    g_free (answer);
-
-    g_mutex_lock (&self->lock);
-    keep = job->epoch == self->epoch;
-    if (keep) {
-      gst_structure_set (result, "seq", G_TYPE_UINT64, ++self->seq, NULL);
-      g_queue_push_tail (&self->done, gst_structure_copy (result));
-    }
-    g_mutex_unlock (&self->lock);
-
-    GST_OBJECT_LOCK (self);
-    post = self->post_messages;
-    GST_OBJECT_UNLOCK (self);
-    GST_DEBUG_OBJECT (self, "%s result %" GST_PTR_FORMAT, keep ? "new" : "flushed", result);
-    if (keep && post)
-      post_structure (self, result);
-    else
-      gst_structure_free (result);
-  }
-}
-
-/* Runs a job on the calling thread; called with `lock`, which is released meanwhile. */
-static void
-run_job_locked (GstCobraVlm * self, Job * job)
-{
-  self->busy = TRUE;
-  self->cancelled = FALSE;
-  g_mutex_unlock (&self->lock);
-  run_job (self, job);
-  job_free (job);
-  g_mutex_lock (&self->lock);
-  self->busy = FALSE;
-  g_cond_broadcast (&self->cond);
-}
-
-/* Called with `lock`: stops the running generation and drops any waiting job. */
-static void
-cancel_locked (GstCobraVlm * self)
-{
-  g_clear_pointer (&self->job, job_free);
-  if (self->busy) {
-    self->cancelled = TRUE;
-    cobra_session_cancel (self->session);
-  }
-  g_cond_broadcast (&self->cond);
-}
-
-static gpointer
-worker_main (gpointer data)
-{
-  GstCobraVlm *self = data;
-
-  g_mutex_lock (&self->lock);
-  for (;;) {
-    Job *job;
-
-    while (self->job == NULL && !self->shutting_down)
-      g_cond_wait (&self->cond, &self->lock);
-    if (self->shutting_down)
-      break;
-    job = self->job;
-    self->job = NULL;
-    run_job_locked (self, job);
-  }
-  g_mutex_unlock (&self->lock);
-  return NULL;
-}
-
-/* ---- text_src ---- */
-
-/* Queues a buffer or event for text_src (streaming thread only). The first item is preceded by
- * stream-start, caps and the video segment; consecutive GAPs merge into one. */
-static void
-text_queue_push (GstCobraVlm * self, gpointer item)
-{
-  GstMiniObject *tail;
-
-  g_mutex_lock (&self->text_lock);
-  if (self->text_pad == NULL || self->text_flushing)
-    goto drop;
-  if (!self->text_started) {
-    gchar *stream_id;
-
-    if (GST_IS_EVENT (item) && GST_EVENT_TYPE (item) == GST_EVENT_SEGMENT)
-      goto drop;                /* the start below sends the current one */
-    stream_id = gst_pad_create_stream_id (self->text_pad, GST_ELEMENT (self), "text");
-    g_queue_push_tail (&self->text_queue, gst_event_new_stream_start (stream_id));
-    g_free (stream_id);
-    g_queue_push_tail (&self->text_queue, gst_event_new_caps (gst_static_pad_template_get_caps
-            (&text_src_template)));
-    g_queue_push_tail (&self->text_queue,
-        gst_event_new_segment (&GST_BASE_TRANSFORM (self)->segment));
-    self->text_started = TRUE;
-  }
-
-  tail = g_queue_peek_tail (&self->text_queue);
-  if (GST_IS_EVENT (item) && GST_EVENT_TYPE (item) == GST_EVENT_GAP
-      && tail && GST_IS_EVENT (tail) && GST_EVENT_TYPE (tail) == GST_EVENT_GAP) {
-    GstClockTime start, duration, ts, dur, end;
-
-    gst_event_parse_gap (GST_EVENT (tail), &start, &duration);
-    gst_event_parse_gap (GST_EVENT (item), &ts, &dur);
-    end = GST_CLOCK_TIME_IS_VALID (dur) ? ts + dur : ts;
-    if (end > start) {
-      gst_event_unref (GST_EVENT (g_queue_pop_tail (&self->text_queue)));
-      gst_event_unref (GST_EVENT (item));
-      item = gst_event_new_gap (start, end - start);
-    }
-  }
-  g_queue_push_tail (&self->text_queue, item);
-  g_cond_signal (&self->text_cond);
-  g_mutex_unlock (&self->text_lock);
-  return;
-
-drop:
-  g_mutex_unlock (&self->text_lock);
-  gst_mini_object_unref (item);
-}
-
-static void
-text_loop (GstPad * pad)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (GST_PAD_PARENT (pad));
-  gpointer item;
-  GstFlowReturn ret;
-
-  g_mutex_lock (&self->text_lock);
-  while (g_queue_is_empty (&self->text_queue) && !self->text_flushing)
-    g_cond_wait (&self->text_cond, &self->text_lock);
-  if (self->text_flushing) {
-    g_mutex_unlock (&self->text_lock);
-    gst_pad_pause_task (pad);
-    return;
-  }
-  item = g_queue_pop_head (&self->text_queue);
-  g_mutex_unlock (&self->text_lock);
-
-  if (GST_IS_BUFFER (item)) {
-    ret = gst_pad_push (pad, item);
-    if (ret != GST_FLOW_OK && ret != GST_FLOW_NOT_LINKED && ret != GST_FLOW_FLUSHING)
-      GST_DEBUG_OBJECT (self, "text_src: %s", gst_flow_get_name (ret));
-  } else {
-    gst_pad_push_event (pad, item);
-  }
-}
-
-static gboolean
-text_activate_mode (GstPad * pad, GstObject * parent, GstPadMode mode, gboolean active)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (parent);
-
-  if (mode != GST_PAD_MODE_PUSH)
-    return FALSE;
-  g_mutex_lock (&self->text_lock);
-  self->text_flushing = !active;
-  if (!active) {
-    text_queue_clear_locked (self);
-    self->text_started = FALSE;
-    g_cond_signal (&self->text_cond);
-  }
-  g_mutex_unlock (&self->text_lock);
-  if (active)
-    return gst_pad_start_task (pad, (GstTaskFunction) text_loop, pad, NULL);
-  return gst_pad_stop_task (pad);
-}
-
-/* Forwards a flush to text_src: the task stops (and its queue empties) until the flush ends. */
-static void
-text_flush (GstCobraVlm * self, GstEvent * event)
-{
-  gboolean start = GST_EVENT_TYPE (event) == GST_EVENT_FLUSH_START;
-  GstPad *pad;
-
-  g_mutex_lock (&self->text_lock);
-  pad = self->text_pad ? gst_object_ref (self->text_pad) : NULL;
-  self->text_flushing = start;
-  text_queue_clear_locked (self);
-  /* the queue may have held the stream start; sending it again is harmless */
-  self->text_started = FALSE;
-  g_cond_signal (&self->text_cond);
-  g_mutex_unlock (&self->text_lock);
-  if (pad == NULL)
-    return;
-
-  gst_pad_push_event (pad, gst_event_ref (event));
-  if (start)
-    gst_pad_pause_task (pad);
-  else
-    gst_pad_start_task (pad, (GstTaskFunction) text_loop, pad, NULL);
-  gst_object_unref (pad);
-}
-
-static GstPad *
-gst_cobra_vlm_request_new_pad (GstElement * element, GstPadTemplate * templ,
-    const gchar * name, const GstCaps * caps)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (element);
-  GstPad *pad;
-
-  g_mutex_lock (&self->text_lock);
-  if (self->text_pad) {
-    g_mutex_unlock (&self->text_lock);
-    GST_WARNING_OBJECT (self, "there is only one text_src pad");
-    return NULL;
-  }
-  pad = gst_pad_new_from_template (templ, "text_src");
-  gst_pad_set_activatemode_function (pad, text_activate_mode);
-  gst_pad_use_fixed_caps (pad);
-  self->text_pad = pad;
-  self->text_started = FALSE;
-  g_mutex_unlock (&self->text_lock);
-
-  /* activates it too when the element is already running */
-  gst_element_add_pad (element, pad);
-  return pad;
-}
-
-static void
-gst_cobra_vlm_release_pad (GstElement * element, GstPad * pad)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (element);
-
-  g_mutex_lock (&self->text_lock);
-  if (pad == self->text_pad)
-    self->text_pad = NULL;
-  g_mutex_unlock (&self->text_lock);
-  gst_pad_set_active (pad, FALSE);
-  gst_element_remove_pad (element, pad);
-}
-
-/* ---- streaming ---- */
-
-/* Hands the results finished since the last call to the meta and text_src. `pts` and
- * `duration` are those of the video buffer being pushed now: a text buffer lasts from the frame
- * it describes until one interval after now, so textoverlay shows late (async) captions too. */
-static gboolean
-publish_results (GstCobraVlm * self, GstClockTime pts, GstClockTime duration)
-{
-  GQueue results = G_QUEUE_INIT;
-  GstStructure *result;
-  GstClockTime hold;
-
-  g_mutex_lock (&self->lock);
-  results = self->done;
-  g_queue_init (&self->done);
-  g_mutex_unlock (&self->lock);
-  if (g_queue_is_empty (&results))
-    return FALSE;
-
-  GST_OBJECT_LOCK (self);
-  hold = self->interval;
-  GST_OBJECT_UNLOCK (self);
-  if (GST_CLOCK_TIME_IS_VALID (duration))
-    hold = MAX (hold, duration);
-
-  while ((result = g_queue_pop_head (&results))) {
-    const gchar *text = gst_structure_get_string (result, "text");
-    gsize len = strlen (text);
-    GstBuffer *buf = len ? gst_buffer_new_memdup (text, len) : gst_buffer_new ();
-    GstClockTime src = GST_CLOCK_TIME_NONE;
-
-    gst_structure_get_uint64 (result, "source-pts", &src);
-    GST_BUFFER_PTS (buf) = src;
-    /* (a huge interval leaves the duration unknown rather than overflowing) */
-    if (GST_CLOCK_TIME_IS_VALID (src) && GST_CLOCK_TIME_IS_VALID (pts) && pts >= src && hold
-        && hold < GST_CLOCK_TIME_NONE - (pts - src))
-      GST_BUFFER_DURATION (buf) = pts - src + hold;
-    add_caption_meta (buf, result, TRUE);
-    text_queue_push (self, buf);
-
-    if (self->latest)
-      gst_structure_free (self->latest);
-    self->latest = result;
-    self->fresh = TRUE;
-  }
-  return TRUE;
-}
-
-static gboolean
-sample_due (GstCobraVlm * self, GstClockTime running_time)
-{
-  GstClockTime interval;
-
-  if (!GST_CLOCK_TIME_IS_VALID (running_time) || !GST_CLOCK_TIME_IS_VALID (self->last_sampled))
-    return TRUE;
-  if (running_time < self->last_sampled)        /* time went back: a new segment */
-    return TRUE;
-  GST_OBJECT_LOCK (self);
-  interval = self->interval;
-  GST_OBJECT_UNLOCK (self);
-  return running_time - self->last_sampled >= interval;
-}
-
-static GstFlowReturn
-gst_cobra_vlm_transform_ip (GstBaseTransform * trans, GstBuffer * buf)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (trans);
-  GstClockTime pts = GST_BUFFER_PTS (buf), duration = GST_BUFFER_DURATION (buf);
-  GstClockTime running_time = gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME, pts);
-  gint64 arrival_us = g_get_monotonic_time ();
-  gboolean published, stopping, busy;
-  Job *job;
-
-  if (G_UNLIKELY (!GST_VIDEO_FILTER (self)->negotiated))
-    return GST_FLOW_NOT_NEGOTIATED;
-
-  self->last_pts = pts;
-  self->last_duration = duration;
-  published = publish_results (self, pts, duration);
-
-  if (sample_due (self, running_time)) {
-    g_mutex_lock (&self->lock);
-    stopping = self->shutting_down;
-    busy = self->busy || self->job != NULL;
-    g_mutex_unlock (&self->lock);
-
-    if (stopping) {
-      GST_DEBUG_OBJECT (self, "stopping: frame at %" GST_TIME_FORMAT " not analysed",
-          GST_TIME_ARGS (pts));
-    } else if (busy) {
-      GST_OBJECT_LOCK (self);
-      self->frames_skipped++;
-      GST_OBJECT_UNLOCK (self);
-    } else if ((job = job_new (self, buf, running_time, arrival_us))) {
-      self->last_sampled = running_time;
-      g_mutex_lock (&self->lock);
-      job->epoch = self->epoch;
-      if (self->worker) {
-        self->job = job;
-        g_cond_broadcast (&self->cond);
-      } else {
-        run_job_locked (self, job);
-      }
-      g_mutex_unlock (&self->lock);
-      if (self->worker == NULL)
-        published |= publish_results (self, pts, duration);
-    }
-  }
-
-  if (self->latest) {
-    add_caption_meta (buf, self->latest, self->fresh);
-    self->fresh = FALSE;
-  }
-  if (!published && GST_CLOCK_TIME_IS_VALID (pts))
-    text_queue_push (self, gst_event_new_gap (pts, duration));
-  return GST_FLOW_OK;
-}
-
-static gboolean
-gst_cobra_vlm_sink_event (GstBaseTransform * trans, GstEvent * event)
-{
-  GstCobraVlm *self = GST_COBRA_VLM (trans);
-  gboolean ret;
-
-  switch (GST_EVENT_TYPE (event)) {
-    case GST_EVENT_FLUSH_START:
-      g_mutex_lock (&self->lock);
-      self->epoch++;
-      cancel_locked (self);
-      g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
-      g_mutex_unlock (&self->lock);
-      text_flush (self, event);
-      break;
-    case GST_EVENT_FLUSH_STOP:
-      self->last_sampled = GST_CLOCK_TIME_NONE;
-      g_clear_pointer (&self->latest, gst_structure_free);
-      text_flush (self, event);
-      break;
-    case GST_EVENT_EOS:
-      /* the answer in progress belongs before EOS */
-      g_mutex_lock (&self->lock);
-      while ((self->job || self->busy) && !self->shutting_down)
-        g_cond_wait (&self->cond, &self->lock);
-      g_mutex_unlock (&self->lock);
-      publish_results (self, self->last_pts, self->last_duration);
-      text_queue_push (self, gst_event_new_eos ());
-      break;
-    default:
-      break;
-  }
-
-  ret = GST_BASE_TRANSFORM_CLASS (parent_class)->sink_event (trans, event);
-
-  if (GST_EVENT_TYPE (event) == GST_EVENT_SEGMENT)
-    text_queue_push (self, gst_event_new_segment (&trans->segment));
-  return ret;
-}
-
 static gboolean
 gst_cobra_vlm_set_info (GstVideoFilter * filter, GstCaps * incaps,
     GstVideoInfo * in_info, GstCaps * outcaps, GstVideoInfo * out_info)
 {
   GstCobraVlm *self = GST_COBRA_VLM (filter);
+  GstVideoFormat format = GST_VIDEO_INFO_FORMAT (in_info);
+  guint i;
 
-  self->format = cobra_format_from_video (GST_VIDEO_INFO_FORMAT (in_info));
+  for (i = 0; i < G_N_ELEMENTS (formats) && formats[i].video != format; i++);
+  g_return_val_if_fail (i < G_N_ELEMENTS (formats), FALSE);     /* the caps allow no other */
+  self->format = formats[i].cobra;
   self->yuv_matrix = cobra_matrix_from_video (in_info);
+  self->frame_duration = GST_VIDEO_INFO_FPS_N (in_info) > 0 ?
+      gst_util_uint64_scale_int (GST_SECOND, GST_VIDEO_INFO_FPS_D (in_info),
+      GST_VIDEO_INFO_FPS_N (in_info)) : GST_CLOCK_TIME_NONE;
   GST_DEBUG_OBJECT (self, "%s %dx%d, YUV matrix %d",
       GST_VIDEO_INFO_NAME (in_info), GST_VIDEO_INFO_WIDTH (in_info),
       GST_VIDEO_INFO_HEIGHT (in_info), self->yuv_matrix);
   return TRUE;
 }
 
-/* ---- states ---- */
+/* ---- pads and states ---- */
+
+static GstPad *
+gst_cobra_vlm_request_new_pad (GstElement * element, GstPadTemplate * templ,
+    const gchar * name, const GstCaps * caps)
+{
+  return text_pad_new (GST_COBRA_VLM (element), templ);
+}
+
+static void
+gst_cobra_vlm_release_pad (GstElement * element, GstPad * pad)
+{
+  text_pad_release (GST_COBRA_VLM (element), pad);
+}
 
 static gboolean
 gst_cobra_vlm_start (GstBaseTransform * trans)
@@ -1252,7 +934,7 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   GST_OBJECT_LOCK (self);
   async = self->async;
   n_threads = self->n_threads;
-  self->frames_analyzed = self->frames_skipped = 0;
+  self->frames_analyzed = self->frames_skipped = self->asks_refused = self->text_dropped = 0;
   GST_OBJECT_UNLOCK (self);
 
   self->session = cobra_session_new (self->model, n_threads, &err);
@@ -1262,11 +944,11 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
     g_error_free (err);
     return FALSE;
   }
-  self->shutting_down = FALSE;
-  self->busy = FALSE;
+  self->shutting_down = self->draining = FALSE;
+  self->running = NULL;
   self->seq = 0;
-  self->last_sampled = self->last_pts = self->last_duration = GST_CLOCK_TIME_NONE;
-  self->fresh = FALSE;
+  self->processing = 0;
+  self->last_sampled = GST_CLOCK_TIME_NONE;
   if (async) {
     self->worker = g_thread_try_new ("cobravlm", worker_main, self, &err);
     if (self->worker == NULL) {
@@ -1280,24 +962,33 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   return TRUE;
 }
 
+/* Stops the running job and the worker; whatever was not answered is reported as "stopped". */
+static void
+shut_down (GstCobraVlm * self)
+{
+  Job *dropped;
+
+  g_mutex_lock (&self->lock);
+  self->shutting_down = TRUE;
+  dropped = cancel_locked (self, "stopped");
+  g_mutex_unlock (&self->lock);
+  if (dropped)
+    job_abandon (self, dropped, "stopped");
+}
+
 static gboolean
 gst_cobra_vlm_stop (GstBaseTransform * trans)
 {
   GstCobraVlm *self = GST_COBRA_VLM (trans);
 
-  g_mutex_lock (&self->lock);
-  self->shutting_down = TRUE;
-  cancel_locked (self);
-  g_mutex_unlock (&self->lock);
+  shut_down (self);
   g_clear_pointer (&self->worker, g_thread_join);
 
   g_clear_pointer (&self->session, cobra_session_free);
   g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
   g_clear_pointer (&self->latest, gst_structure_free);
   g_clear_pointer (&self->truncated_question, g_free);
-  GST_OBJECT_LOCK (self);
-  g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
-  GST_OBJECT_UNLOCK (self);
+  post_unanswered_asks (self, "stopped");
   return TRUE;
 }
 
@@ -1315,10 +1006,7 @@ gst_cobra_vlm_change_state (GstElement * element, GstStateChange transition)
     case GST_STATE_CHANGE_PAUSED_TO_READY:
       /* Stop a generation now: deactivating the pads waits for the streaming thread, which
        * may be inside the model (async=false) or waiting for it (EOS). */
-      g_mutex_lock (&self->lock);
-      self->shutting_down = TRUE;
-      cancel_locked (self);
-      g_mutex_unlock (&self->lock);
+      shut_down (self);
       break;
     default:
       break;

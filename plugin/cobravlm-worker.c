@@ -1,0 +1,431 @@
+/* gst-cobra: the cobravlm element's jobs
+ *
+ * This library is free software; you can redistribute it and/or
+ * modify it under the terms of the GNU Library General Public
+ * License as published by the Free Software Foundation; either
+ * version 2.1 of the License, or (at your option) any later version.
+ */
+
+/* A job is one copied frame and the questions to answer about it. With async it runs on the
+ * worker thread, else on the streaming thread; either way one at a time, under the rules:
+ * - a cancel (flush, PAUSED->READY) is sticky in the session until the next job starts, so it
+ *   reaches whatever stage runs, and every question left gets a "cobravlm-unanswered" message;
+ * - at EOS (`draining`) the answer in progress finishes and the questions after it are left;
+ * - every `ask` id accepted gets exactly one outcome: a result or an unanswered message. */
+
+#include "gstcobravlm-private.h"
+
+Question *
+question_new (const gchar * text, guint request_id)
+{
+  Question *q = g_new (Question, 1);
+
+  q->question = g_strdup (text);
+  q->request_id = request_id;
+  return q;
+}
+
+void
+question_free (Question * q)
+{
+  g_free (q->question);
+  g_free (q);
+}
+
+static void
+post_structure (GstCobraVlm * self, GstStructure * s)
+{
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self), s));
+}
+
+/* The outcome of an `ask` that gets no answer: "flushed", "stopped", "eos", or why it failed. */
+void
+post_unanswered (GstCobraVlm * self, const Question * q, GstClockTime pts, const gchar * reason)
+{
+  GstStructure *s;
+
+  if (q->request_id == 0)
+    return;                     /* the prompt comes back on the next frame */
+  GST_DEBUG_OBJECT (self, "request %u not answered: %s", q->request_id, reason);
+  s = gst_structure_new ("cobravlm-unanswered",
+      "element", G_TYPE_STRING, GST_OBJECT_NAME (self),
+      "request-id", G_TYPE_UINT, q->request_id,
+      "prompt", G_TYPE_STRING, q->question, "reason", G_TYPE_STRING, reason, NULL);
+  if (GST_CLOCK_TIME_IS_VALID (pts))
+    gst_structure_set (s, "source-pts", G_TYPE_UINT64, pts, NULL);
+  post_structure (self, s);
+}
+
+/* Asks that never reached a frame (EOS, stop). */
+void
+post_unanswered_asks (GstCobraVlm * self, const gchar * reason)
+{
+  GQueue asks;
+  Question *q;
+
+  GST_OBJECT_LOCK (self);
+  asks = self->asks;
+  g_queue_init (&self->asks);
+  GST_OBJECT_UNLOCK (self);
+  while ((q = g_queue_pop_head (&asks))) {
+    post_unanswered (self, q, GST_CLOCK_TIME_NONE, reason);
+    question_free (q);
+  }
+}
+
+typedef struct
+{
+  GstCobraVlm *self;
+  const Job *job;
+  const Question *question;
+  GString *text;
+} Partial;
+
+static gboolean
+on_token (const char *piece, int token_id, void *user_data)
+{
+  Partial *p = user_data;
+  GstStructure *s;
+
+  g_string_append (p->text, piece);
+  s = gst_structure_new ("cobravlm-partial",
+      "element", G_TYPE_STRING, GST_OBJECT_NAME (p->self),
+      "text", G_TYPE_STRING, p->text->str,
+      "piece", G_TYPE_STRING, piece,
+      "token-id", G_TYPE_INT, token_id,
+      "prompt", G_TYPE_STRING, p->question->question,
+      "source-pts", G_TYPE_UINT64, p->job->pts, NULL);
+  if (p->question->request_id)
+    gst_structure_set (s, "request-id", G_TYPE_UINT, p->question->request_id, NULL);
+  post_structure (p->self, s);
+  return TRUE;
+}
+
+/* Unix time in ns of the frame: its reference timestamp (RTP/NTP from rtpjitterbuffer, or any
+ * timestamp/x-unix) when it has one, else this machine's clock when it arrived. */
+static void
+frame_wallclock (GstBuffer * buf, gint64 arrival_real_us, GstStructure * origin)
+{
+  static const guint64 ntp_to_unix_s = 2208988800u;     /* 1900-01-01 to 1970-01-01 */
+  GstReferenceTimestampMeta *ref = gst_buffer_get_reference_timestamp_meta (buf, NULL);
+  const gchar *kind = ref ? gst_structure_get_name (gst_caps_get_structure (ref->reference,
+          0)) : NULL;
+
+  if (kind && g_str_equal (kind, "timestamp/x-ntp") && ref->timestamp >= ntp_to_unix_s * GST_SECOND) {
+    gst_structure_set (origin, "timestamp", G_TYPE_UINT64,
+        ref->timestamp - ntp_to_unix_s * GST_SECOND, "timestamp-source", G_TYPE_STRING, "ntp",
+        NULL);
+  } else if (kind && g_str_equal (kind, "timestamp/x-unix")) {
+    gst_structure_set (origin, "timestamp", G_TYPE_UINT64, ref->timestamp,
+        "timestamp-source", G_TYPE_STRING, "unix", NULL);
+  } else {
+    gst_structure_set (origin, "timestamp", G_TYPE_UINT64,
+        (guint64) arrival_real_us * GST_USECOND, "timestamp-source", G_TYPE_STRING, "system",
+        NULL);
+  }
+}
+
+void
+job_free (Job * job)
+{
+  gst_video_frame_unmap (&job->frame);
+  gst_buffer_unref (job->copy);
+  g_queue_clear_full (&job->questions, (GDestroyNotify) question_free);
+  gst_structure_free (job->origin);
+  g_free (job);
+}
+
+/* Copies the frame (planes with their strides) and takes the prompt (when `with_prompt`), the
+ * pending asks and the decoding properties as they are now. Counts the frame as analysed. */
+Job *
+job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GstClockTime running_time,
+    gint64 arrival_us)
+{
+  GstVideoInfo *info = &GST_VIDEO_FILTER (self)->in_info;
+  gint64 arrival_real_us = g_get_real_time () - (g_get_monotonic_time () - arrival_us);
+  GstVideoFrame in;
+  Job *job;
+
+  if (!gst_video_frame_map (&in, info, buf, GST_MAP_READ)) {
+    GST_ELEMENT_WARNING (self, STREAM, FAILED, ("Could not read a video frame."),
+        ("buffer %" GST_PTR_FORMAT " does not match the caps", buf));
+    return NULL;
+  }
+  job = g_new0 (Job, 1);
+  job->copy = gst_buffer_new_allocate (NULL, GST_VIDEO_INFO_SIZE (info), NULL);
+  gst_video_frame_map (&job->frame, info, job->copy, GST_MAP_READWRITE);
+  gst_video_frame_copy (&job->frame, &in);
+  gst_video_frame_unmap (&in);
+
+  job->image.format = self->format;
+  job->image.width = GST_VIDEO_INFO_WIDTH (info);
+  job->image.height = GST_VIDEO_INFO_HEIGHT (info);
+  for (guint i = 0; i < GST_VIDEO_FRAME_N_PLANES (&job->frame); i++) {
+    job->image.planes[i] = GST_VIDEO_FRAME_PLANE_DATA (&job->frame, i);
+    job->image.strides[i] = GST_VIDEO_FRAME_PLANE_STRIDE (&job->frame, i);
+  }
+  job->image.yuv_matrix = self->yuv_matrix;
+  job->pts = GST_BUFFER_PTS (buf);
+  job->running_time = running_time;
+  job->arrival_us = arrival_us;
+  g_queue_init (&job->questions);
+
+  cobra_params_init (&job->params);
+  GST_OBJECT_LOCK (self);
+  job->params.max_tokens = self->max_tokens;
+  job->params.temperature = self->temperature;
+  job->params.top_k = self->top_k;
+  job->params.top_p = self->top_p;
+  job->params.seed = self->seed;
+  job->partial_messages = self->partial_messages;
+  job->questions = self->asks;
+  g_queue_init (&self->asks);
+  if (with_prompt)
+    g_queue_push_head (&job->questions, question_new (self->prompt, 0));
+  job->origin = gst_structure_new ("cobravlm", "element", G_TYPE_STRING,
+      GST_OBJECT_NAME (self), "stream-id", G_TYPE_STRING,
+      self->stream_id ? self->stream_id : "", NULL);
+  self->frames_analyzed++;
+  GST_OBJECT_UNLOCK (self);
+  frame_wallclock (buf, arrival_real_us, job->origin);
+  return job;
+}
+
+static const gchar *
+stop_reason_name (CobraStopReason reason)
+{
+  switch (reason) {
+    case COBRA_STOP_EOS:
+      return "eos";
+    case COBRA_STOP_MAX_TOKENS:
+      return "max-tokens";
+    default:
+      return "cancelled";
+  }
+}
+
+/* Warns about an over-long question once (not on every frame it is asked about). */
+static void
+warn_truncated (GstCobraVlm * self, const Question * q, const CobraTimings * timings)
+{
+  if (timings->n_prompt_truncated == 0 || g_strcmp0 (self->truncated_question, q->question) == 0)
+    return;
+  GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS,
+      ("The question is too long for the model: %d of its tokens were dropped.",
+          timings->n_prompt_truncated), ("question: %s", q->question));
+  g_free (self->truncated_question);
+  self->truncated_question = g_strdup (q->question);
+}
+
+static GstStructure *
+result_new (GstCobraVlm * self, const Job * job, const Question * q, const gchar * text,
+    const CobraTimings * timings)
+{
+  GstStructure *result = gst_structure_copy (job->origin);
+
+  gst_structure_set (result, "text", G_TYPE_STRING, text,
+      "prompt", G_TYPE_STRING, q->question, NULL);
+  if (q->request_id)
+    gst_structure_set (result, "request-id", G_TYPE_UINT, q->request_id, NULL);
+  gst_structure_set (result,
+      "stop-reason", G_TYPE_STRING, stop_reason_name (timings->stop_reason),
+      "source-pts", G_TYPE_UINT64, job->pts,
+      "running-time", G_TYPE_UINT64, job->running_time,
+      "latency", G_TYPE_UINT64,
+      (guint64) (g_get_monotonic_time () - job->arrival_us) * GST_USECOND,
+      "n-tokens", G_TYPE_UINT, (guint) timings->n_generated, NULL);
+  return result;
+}
+
+/* Hands a result to `done` (for the meta and text_src) and the bus, unless a flush came first. */
+static void
+deliver (GstCobraVlm * self, const Job * job, GstStructure * result)
+{
+  gboolean keep, post;
+
+  g_mutex_lock (&self->lock);
+  keep = job->epoch == self->epoch;
+  if (keep) {
+    gst_structure_set (result, "seq", G_TYPE_UINT64, ++self->seq, NULL);
+    g_queue_push_tail (&self->done, gst_structure_copy (result));
+  }
+  g_mutex_unlock (&self->lock);
+
+  GST_OBJECT_LOCK (self);
+  post = self->post_messages;
+  GST_OBJECT_UNLOCK (self);
+  GST_DEBUG_OBJECT (self, "%s result %" GST_PTR_FORMAT, keep ? "new" : "flushed", result);
+  if (keep && post)
+    post_structure (self, result);
+  else
+    gst_structure_free (result);
+}
+
+/* Why the questions left in a job go unanswered, or NULL to go on. */
+static const gchar *
+job_interrupted (GstCobraVlm * self, const Job * job, const GError * err)
+{
+  const gchar *reason = NULL;
+
+  g_mutex_lock (&self->lock);
+  if (self->cancel_reason)
+    reason = self->cancel_reason;
+  else if (job->epoch != self->epoch)
+    reason = "flushed";
+  else if (self->draining)
+    reason = "eos";
+  g_mutex_unlock (&self->lock);
+  if (reason == NULL && g_error_matches (err, COBRA_ERROR, COBRA_ERROR_CANCELLED))
+    reason = "stopped";
+  return reason;
+}
+
+/* Answers one question; FALSE when the job was interrupted meanwhile. */
+static gboolean
+answer_question (GstCobraVlm * self, const Job * job, const Question * q)
+{
+  Partial partial = { self, job, q, g_string_new (NULL) };
+  GError *err = NULL;
+  CobraTimings timings;
+  char *answer;
+
+  answer = cobra_session_ask (self->session, q->question, &job->params,
+      job->partial_messages ? on_token : NULL, &partial, &err);
+  g_string_free (partial.text, TRUE);
+  if (answer == NULL) {
+    const gchar *why = job_interrupted (self, job, err);
+
+    if (why == NULL) {
+      GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
+          ("Could not answer \"%s\" about the frame at %" GST_TIME_FORMAT ": %s",
+              q->question, GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
+      post_unanswered (self, q, job->pts, err->message);
+    } else {
+      post_unanswered (self, q, job->pts, why);
+    }
+    g_error_free (err);
+    return why == NULL;
+  }
+  cobra_session_get_timings (self->session, &timings);
+  warn_truncated (self, q, &timings);
+  deliver (self, job, result_new (self, job, q, answer, &timings));
+  g_free (answer);
+  return TRUE;
+}
+
+/* Posts an unanswered outcome for every question left in a job, and frees it. */
+void
+job_abandon (GstCobraVlm * self, Job * job, const gchar * reason)
+{
+  Question *q;
+
+  while ((q = g_queue_pop_head (&job->questions))) {
+    post_unanswered (self, q, job->pts, reason);
+    question_free (q);
+  }
+  job_free (job);
+}
+
+/* Runs the model on a job (without `lock`); leaves the questions it did not answer in it. */
+static const gchar *
+run_job (GstCobraVlm * self, Job * job)
+{
+  GError *err = NULL;
+  const gchar *why;
+  Question *q;
+
+  if (!cobra_session_set_image (self->session, &job->image, &err)) {
+    why = job_interrupted (self, job, err);
+    if (why == NULL) {
+      GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
+          ("Could not analyse the frame at %" GST_TIME_FORMAT ": %s",
+              GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
+      why = "the frame could not be analysed";
+    }
+    g_error_free (err);
+    return why;
+  }
+  while ((q = g_queue_pop_head (&job->questions))) {
+    gboolean ok = answer_question (self, job, q);
+
+    question_free (q);
+    /* at EOS only the answer in progress is waited for */
+    why = job_interrupted (self, job, NULL);
+    if (why || !ok)
+      return why ? why : "stopped";
+  }
+  return NULL;
+}
+
+/* Runs a job on the calling thread; called with `lock`, which is released meanwhile. A job
+ * taken after a cancel is wanted: the session's cancel is cleared here, under the lock that
+ * cancel_locked() holds, so no cancel is lost or aimed at the wrong job. */
+void
+run_job_locked (GstCobraVlm * self, Job * job)
+{
+  gint64 t0 = g_get_monotonic_time ();
+  GstClockTime took;
+  gboolean grew = FALSE;
+  const gchar *why;
+
+  self->running = job;
+  self->cancel_reason = NULL;
+  cobra_session_resume (self->session);
+  g_mutex_unlock (&self->lock);
+  why = run_job (self, job);
+  took = (GstClockTime) (g_get_monotonic_time () - t0) * GST_USECOND;
+  job_abandon (self, job, why);
+  g_mutex_lock (&self->lock);
+  self->running = NULL;
+  if (took > self->processing && self->worker == NULL) {
+    self->processing = took;
+    grew = TRUE;
+  }
+  g_cond_broadcast (&self->cond);
+  if (grew) {
+    /* async=false holds each sampled frame for the analysis: downstream must know */
+    g_mutex_unlock (&self->lock);
+    GST_INFO_OBJECT (self, "processing latency now %" GST_TIME_FORMAT, GST_TIME_ARGS (took));
+    gst_element_post_message (GST_ELEMENT (self),
+        gst_message_new_latency (GST_OBJECT (self)));
+    g_mutex_lock (&self->lock);
+  }
+}
+
+/* Called with `lock`: stops the running job and takes the waiting one, which the caller
+ * abandons (job_abandon) once the lock is released. */
+Job *
+cancel_locked (GstCobraVlm * self, const gchar * reason)
+{
+  Job *waiting = self->job;
+
+  self->job = NULL;
+  if (self->running) {
+    self->cancel_reason = reason;
+    cobra_session_cancel (self->session);
+  }
+  g_cond_broadcast (&self->cond);
+  return waiting;
+}
+
+gpointer
+worker_main (gpointer data)
+{
+  GstCobraVlm *self = data;
+
+  g_mutex_lock (&self->lock);
+  for (;;) {
+    Job *job;
+
+    while (self->job == NULL && !self->shutting_down)
+      g_cond_wait (&self->cond, &self->lock);
+    if (self->shutting_down)
+      break;
+    job = self->job;
+    self->job = NULL;
+    run_job_locked (self, job);
+  }
+  g_mutex_unlock (&self->lock);
+  return NULL;
+}

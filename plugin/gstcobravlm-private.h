@@ -1,0 +1,157 @@
+/* gst-cobra: the cobravlm element's insides, shared by its three files:
+ * gstcobravlm.c (the element: properties, caps, states, the streaming thread),
+ * cobravlm-worker.c (jobs: what runs the model, on the worker thread or the streaming thread),
+ * cobravlm-text.c (the text_src pad, its bounded queue and the JSON form of results).
+ *
+ * This library is free software; you can redistribute it and/or
+ * modify it under the terms of the GNU Library General Public
+ * License as published by the Free Software Foundation; either
+ * version 2.1 of the License, or (at your option) any later version.
+ */
+#ifndef __GST_COBRA_VLM_PRIVATE_H__
+#define __GST_COBRA_VLM_PRIVATE_H__
+
+#include "cobra.h"
+#include "gstcobravlm.h"
+
+G_BEGIN_DECLS
+
+GST_DEBUG_CATEGORY_EXTERN (gst_cobra_vlm_debug);
+#define GST_CAT_DEFAULT gst_cobra_vlm_debug
+
+/* Questions waiting for a frame; more are refused (ask returns 0) so a flood of `ask` calls
+ * cannot grow memory or make EOS wait for hours. */
+#define MAX_PENDING_ASKS 64
+
+/* Items text_src may hold while its branch does not take them (a muxer waiting for an encoder's
+ * look-ahead holds a few seconds of video: ~200 items at 60 fps). Past this the oldest caption
+ * buffers become GAP events over the same time, so time stays covered and memory bounded. */
+#define MAX_TEXT_QUEUE 1024
+
+/* How text_src is written. */
+typedef enum
+{
+  GST_COBRA_VLM_TEXT_FORMAT_TEXT,       /* the current caption on every frame, for overlays */
+  GST_COBRA_VLM_TEXT_FORMAT_JSON,       /* one JSON object per result, for files and sockets */
+} GstCobraVlmTextFormat;
+
+#define GST_TYPE_COBRA_VLM_TEXT_FORMAT (gst_cobra_vlm_text_format_get_type ())
+GType gst_cobra_vlm_text_format_get_type (void);
+
+/* A question for one frame: the prompt (request_id 0) or an `ask`. */
+typedef struct
+{
+  gchar *question;
+  guint request_id;
+} Question;
+
+/* One sampled frame and the questions to answer about it. */
+typedef struct
+{
+  GstBuffer *copy;              /* element-owned copy of the frame */
+  GstVideoFrame frame;          /* `copy`, mapped while the job lives */
+  CobraImage image;             /* points into `frame` */
+  GQueue questions;             /* of Question: the prompt (if due) first, then the asks */
+  CobraParams params;
+  gboolean partial_messages;
+  GstClockTime pts, running_time;
+  gint64 arrival_us;            /* g_get_monotonic_time() when the frame arrived */
+  GstStructure *origin;         /* fields every result of this frame carries (stream, clock) */
+  guint epoch;                  /* results of jobs from before a flush are dropped */
+} Job;
+
+struct _GstCobraVlm
+{
+  GstVideoFilter parent;
+
+  /* properties and counters, under the object lock */
+  gchar *model_file;
+  gchar *prompt;
+  GstClockTime interval;
+  gboolean async;
+  guint max_tokens;
+  gfloat temperature;
+  guint top_k;
+  gfloat top_p;
+  guint64 seed;
+  guint n_threads;
+  gboolean post_messages;
+  gboolean partial_messages;
+  GstCobraVlmTextFormat text_format;
+  guint64 frames_analyzed, frames_skipped, asks_refused, text_dropped;
+  GQueue asks;                  /* of Question, for the next frame */
+  guint next_request_id;
+  gchar *stream_id;             /* from the last stream-start */
+
+  /* loaded in NULL->READY, freed in READY->NULL */
+  CobraModel *model;
+  /* made in start(), freed in stop() */
+  CobraSession *session;
+  GThread *worker;              /* only with async */
+
+  /* job slot and results, under `lock`; `cond` signals any change */
+  GMutex lock;
+  GCond cond;
+  Job *job;                     /* waiting for the worker */
+  Job *running;                 /* being answered (on the worker, or on the streaming thread) */
+  const gchar *cancel_reason;   /* why the running job was cancelled ("flushed", "stopped") */
+  gboolean draining;            /* EOS: finish the answer in progress, leave the rest */
+  gboolean shutting_down;
+  guint epoch;
+  guint64 seq;
+  GQueue done;                  /* of GstStructure results not yet published */
+  GstClockTime processing;      /* longest frame analysis so far (sync mode's latency) */
+
+  /* the thread running jobs: the last over-long question warned about */
+  gchar *truncated_question;
+
+  /* streaming-thread state */
+  CobraPixelFormat format;
+  CobraYuvMatrix yuv_matrix;
+  GstClockTime frame_duration;  /* from the caps' framerate, when the buffers have none */
+  GstClockTime last_sampled;    /* running time of the last frame analysed for the prompt */
+  GstStructure *latest;         /* the prompt's last result, carried by every buffer */
+  gboolean fresh;
+
+  /* text_src: the streaming thread queues, the pad's task pushes, so a blocked text branch
+   * (textoverlay waiting for video) never blocks the video; under `text_lock` */
+  GMutex text_lock;
+  GCond text_cond;
+  GstPad *text_pad;
+  GQueue text_queue;            /* of GstBuffer and GstEvent */
+  gboolean text_flushing;
+  gboolean text_started;        /* stream-start, caps and segment are queued */
+  GstClockTime text_position;   /* end of the time queued so far: text time never goes back */
+  gchar *caption;               /* what text mode repeats on every frame */
+};
+
+/* cobravlm-worker.c */
+Question *question_new (const gchar * text, guint request_id);
+void question_free (Question * q);
+Job *job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt,
+    GstClockTime running_time, gint64 arrival_us);
+void job_free (Job * job);
+void job_abandon (GstCobraVlm * self, Job * job, const gchar * reason);
+void run_job_locked (GstCobraVlm * self, Job * job);
+Job *cancel_locked (GstCobraVlm * self, const gchar * reason);
+gpointer worker_main (gpointer data);
+void post_unanswered (GstCobraVlm * self, const Question * q, GstClockTime pts,
+    const gchar * reason);
+void post_unanswered_asks (GstCobraVlm * self, const gchar * reason);
+
+/* cobravlm-text.c */
+GstPad *text_pad_new (GstCobraVlm * self, GstPadTemplate * templ);
+void text_pad_release (GstCobraVlm * self, GstPad * pad);
+void text_queue_clear (GstCobraVlm * self);
+void text_push_segment (GstCobraVlm * self, const GstSegment * segment);
+void text_push_eos (GstCobraVlm * self);
+void text_flush (GstCobraVlm * self, GstEvent * event);
+void text_set_caption (GstCobraVlm * self, const gchar * text);
+void text_push_result (GstCobraVlm * self, const GstStructure * result, GstClockTime start,
+    GstClockTime end);
+void text_cover (GstCobraVlm * self, GstClockTime start, GstClockTime end);
+gchar *result_to_json (const GstStructure * result);
+
+G_END_DECLS
+
+#endif /* __GST_COBRA_VLM_PRIVATE_H__ */
