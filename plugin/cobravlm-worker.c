@@ -379,7 +379,9 @@ run_job_locked (GstCobraVlm * self, Job * job)
   g_mutex_lock (&self->lock);
   self->running = NULL;
   if (took > self->processing && self->worker == NULL) {
-    self->processing = took;
+    /* with headroom, so that analyses a little slower than the slowest so far (a longer
+     * answer, a busy machine) do not make the pipeline recompute its latency every time */
+    self->processing = took + took / 2;
     grew = TRUE;
   }
   g_cond_broadcast (&self->cond);

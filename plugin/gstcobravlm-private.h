@@ -100,7 +100,7 @@ struct _GstCobraVlm
   guint epoch;
   guint64 seq;
   GQueue done;                  /* of GstStructure results not yet published */
-  GstClockTime processing;      /* longest frame analysis so far (sync mode's latency) */
+  GstClockTime processing;      /* sync mode's latency: 1.5 x the longest analysis so far */
 
   /* the thread running jobs: the last over-long question warned about */
   gchar *truncated_question;

@@ -1042,9 +1042,9 @@ static void test_state_cycles(void)
     g_free(desc);
 }
 
-/* Runs a pipeline to EOS, failing on an error; returns its "cobravlm" results by element name,
- * and its "cobravlm-unanswered" messages under "NAME/unanswered". */
-static GHashTable *run_to_eos(GstElement *p)
+/* Runs a pipeline to EOS, failing on an error, and leaves it in PLAYING; returns its "cobravlm"
+ * results by element name, and its "cobravlm-unanswered" messages under "NAME/unanswered". */
+static GHashTable *run_to_eos_keep(GstElement *p)
 {
     GHashTable *results = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                                 (GDestroyNotify)g_ptr_array_unref);
@@ -1054,7 +1054,9 @@ static GHashTable *run_to_eos(GstElement *p)
     g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
     while ((msg = gst_bus_timed_pop_filtered(bus, 60 * GST_SECOND,
                                              GST_MESSAGE_ELEMENT | GST_MESSAGE_EOS |
-                                                 GST_MESSAGE_ERROR))) {
+                                                 GST_MESSAGE_ERROR | GST_MESSAGE_LATENCY))) {
+        if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_LATENCY) /* as gst-launch-1.0 does */
+            gst_bin_recalculate_latency(GST_BIN(p));
         if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) {
             GError *err;
             gst_message_parse_error(msg, &err, NULL);
@@ -1080,8 +1082,15 @@ static GHashTable *run_to_eos(GstElement *p)
         gst_message_unref(msg);
     }
     g_assert_nonnull(msg);
-    gst_element_set_state(p, GST_STATE_NULL);
     gst_object_unref(bus);
+    return results;
+}
+
+/* The same, and then the pipeline is set to NULL. */
+static GHashTable *run_to_eos(GstElement *p)
+{
+    GHashTable *results = run_to_eos_keep(p);
+    gst_element_set_state(p, GST_STATE_NULL);
     return results;
 }
 
@@ -1346,6 +1355,296 @@ static void test_shared_model(void)
     g_string_free(desc, TRUE);
 }
 
+/* The next message named `name` (element messages) on `bus`, waiting up to `timeout`; copied. */
+static GstStructure *next_named(GstBus *bus, const char *name, GstClockTime timeout)
+{
+    GstMessage *msg;
+
+    while ((msg = gst_bus_timed_pop_filtered(bus, timeout, GST_MESSAGE_ELEMENT))) {
+        const GstStructure *s = gst_message_get_structure(msg);
+        GstStructure *copy = gst_structure_has_name(s, name) ? gst_structure_copy(s) : NULL;
+        gst_message_unref(msg);
+        if (copy)
+            return copy;
+    }
+    return NULL;
+}
+
+static guint get_uint(const GstStructure *s, const char *field)
+{
+    guint v = G_MAXUINT;
+    g_assert_true(gst_structure_get_uint(s, field, &v));
+    return v;
+}
+
+/* An ask is answered on the next frame whatever the interval; every accepted one ends in
+ * exactly one outcome: at EOS before any frame, in a flush, and at a stop it says why. */
+static void test_ask_outcomes(void)
+{
+    GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)3600 * GST_SECOND, NULL);
+    GstVideoInfo info;
+    GstStructure *s;
+    guint id;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 32, 24);
+    rig_init(&r, vlm, &info, FALSE);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 1, 0)));
+    s = next_result(r.bus, 0);
+    g_assert_false(gst_structure_has_field(s, "request-id"));
+    gst_structure_free(s);
+    /* the prompt is not due for an hour; the ask goes on the very next frame */
+    g_signal_emit_by_name(vlm, "ask", "What now?", &id);
+    GstBuffer *out = push_pull(&r, make_frame(&info, 2, GST_SECOND));
+    s = next_result(r.bus, 0);
+    g_assert_nonnull(s);
+    g_assert_cmpuint(get_uint(s, "request-id"), ==, id);
+    g_assert_cmpuint(get_u64(s, "source-pts"), ==, GST_SECOND);
+    g_assert_nonnull(caption_for(out, GST_OBJECT_NAME(vlm), id));
+    gst_structure_free(s);
+    gst_buffer_unref(out);
+    g_assert_cmpuint(get_counter(vlm, "frames-analyzed"), ==, 2);
+
+    /* EOS before another frame: not answered, and said so */
+    g_signal_emit_by_name(vlm, "ask", "Too late?", &id);
+    g_assert_true(gst_harness_push_event(r.h, gst_event_new_eos()));
+    s = next_named(r.bus, "cobravlm-unanswered", 0);
+    g_assert_nonnull(s);
+    g_assert_cmpuint(get_uint(s, "request-id"), ==, id);
+    g_assert_cmpstr(gst_structure_get_string(s, "reason"), ==, "eos");
+    gst_structure_free(s);
+    /* after EOS, asks are refused */
+    g_signal_emit_by_name(vlm, "ask", "Anyone?", &id);
+    g_assert_cmpuint(id, ==, 0);
+    expect_warning(r.bus, "ended");
+    rig_clear(&r);
+
+    /* a flush while an ask is being answered (async), and a stop with asks waiting */
+    vlm = make_vlm("max-tokens", LONG_TOKENS, "partial-messages", TRUE, NULL);
+    rig_init(&r, vlm, &info, FALSE);
+    guint busy_id, waiting_id;
+    g_signal_emit_by_name(vlm, "ask", "Tell me everything.", &busy_id);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 3, 0)));
+    /* the prompt is answered first; wait until the ask generates */
+    GstMessage *msg;
+    gboolean asking = FALSE;
+    while (!asking && (msg = gst_bus_timed_pop_filtered(r.bus, 60 * GST_SECOND, GST_MESSAGE_ELEMENT))) {
+        guint rid = 0;
+        asking = gst_message_has_name(msg, "cobravlm-partial") &&
+                 gst_structure_get_uint(gst_message_get_structure(msg), "request-id", &rid);
+        gst_message_unref(msg);
+    }
+    g_assert_true(asking);
+    g_assert_true(gst_harness_push_event(r.h, gst_event_new_flush_start()));
+    g_assert_true(gst_harness_push_event(r.h, gst_event_new_flush_stop(TRUE)));
+    s = next_named(r.bus, "cobravlm-unanswered", 30 * GST_SECOND);
+    g_assert_nonnull(s);
+    g_assert_cmpuint(get_uint(s, "request-id"), ==, busy_id);
+    g_assert_cmpstr(gst_structure_get_string(s, "reason"), ==, "flushed");
+    gst_structure_free(s);
+    g_signal_emit_by_name(vlm, "ask", "Still there?", &waiting_id);
+    gst_element_set_state(vlm, GST_STATE_NULL);
+    s = next_named(r.bus, "cobravlm-unanswered", 0);
+    g_assert_nonnull(s);
+    g_assert_cmpuint(get_uint(s, "request-id"), ==, waiting_id);
+    g_assert_cmpstr(gst_structure_get_string(s, "reason"), ==, "stopped");
+    gst_structure_free(s);
+    g_assert_null(next_named(r.bus, "cobravlm", 0));
+    rig_clear(&r);
+}
+
+/* Two cobravlm in series: each buffer carries both elements' answers, each naming its element
+ * and question; results carry the stream-id and a wall-clock time (the frame's NTP reference
+ * timestamp when it has one). */
+static void test_series_and_origin(void)
+{
+    GstElement *a = make_vlm("async", FALSE, "name", "first", NULL);
+    GstElement *b = make_vlm("async", FALSE, "name", "second", "prompt", "What is this?", NULL);
+    GstElement *bin = gst_bin_new(NULL);
+    GstCaps *ntp = gst_caps_new_empty_simple("timestamp/x-ntp");
+    const guint64 ntp_unix_s = 2208988800u, when = 1796000000u; /* seconds since 1970 */
+    GstVideoInfo info;
+    GstBus *bus = gst_bus_new();
+
+    gst_bin_add_many(GST_BIN(bin), a, b, NULL);
+    g_assert_true(gst_element_link(a, b));
+    GstPad *sink = gst_element_get_static_pad(a, "sink"), *src = gst_element_get_static_pad(b, "src");
+    gst_element_add_pad(bin, gst_ghost_pad_new("sink", sink));
+    gst_element_add_pad(bin, gst_ghost_pad_new("src", src));
+    gst_object_unref(sink);
+    gst_object_unref(src);
+    gst_element_set_bus(bin, bus);
+    GstHarness *h = gst_harness_new_with_element(bin, "sink", "src");
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 32, 24);
+    gst_harness_set_src_caps(h, gst_video_info_to_caps(&info));
+
+    GstBuffer *in = make_frame(&info, 4, 0);
+    gst_buffer_add_reference_timestamp_meta(in, ntp, (ntp_unix_s + when) * GST_SECOND,
+                                            GST_CLOCK_TIME_NONE);
+    GstBuffer *out = gst_harness_push_and_pull(h, in);
+    const GstStructure *m1 = caption_for(out, "first", 0), *m2 = caption_for(out, "second", 0);
+    g_assert_nonnull(m1);
+    g_assert_nonnull(m2);
+    g_assert_cmpstr(gst_structure_get_string(m1, "prompt"), ==, "Describe the image.");
+    g_assert_cmpstr(gst_structure_get_string(m2, "prompt"), ==, "What is this?");
+    for (const GstStructure *m = m1; m; m = m == m1 ? m2 : NULL) {
+        g_assert_cmpuint(get_u64(m, "timestamp"), ==, when * GST_SECOND);
+        g_assert_cmpstr(gst_structure_get_string(m, "timestamp-source"), ==, "ntp");
+        g_assert_true(strlen(gst_structure_get_string(m, "stream-id")) > 0);
+    }
+    gst_buffer_unref(out);
+
+    /* without a reference timestamp: this machine's clock when the frame arrived */
+    guint64 before = (guint64)g_get_real_time() * 1000;
+    out = gst_harness_push_and_pull(h, make_frame(&info, 5, GST_SECOND));
+    guint64 after = (guint64)g_get_real_time() * 1000;
+    m1 = caption_for(out, "first", 0);
+    g_assert_cmpstr(gst_structure_get_string(m1, "timestamp-source"), ==, "system");
+    g_assert_cmpuint(get_u64(m1, "timestamp"), >=, before - GST_MSECOND);
+    g_assert_cmpuint(get_u64(m1, "timestamp"), <=, after + GST_MSECOND);
+    gst_buffer_unref(out);
+
+    gst_harness_teardown(h);
+    gst_element_set_bus(bin, NULL);
+    gst_object_unref(bus);
+    gst_caps_unref(ntp);
+    gst_object_unref(a);
+    gst_object_unref(b);
+}
+
+/* async=false on a live source: the element answers the latency query with its processing
+ * time (posting a latency message when it grows), so a synchronised sink keeps the frames held
+ * behind an analysis; it used to report none, and the sink dropped them. */
+static void test_sync_latency(void)
+{
+    char *desc = g_strdup_printf(
+        "videotestsrc is-live=true num-buffers=90 ! video/x-raw,width=64,height=48,framerate=30/1 ! "
+        "cobravlm name=vlm model-file=%s n-threads=%d async=false max-tokens=300 interval=%"
+        G_GUINT64_FORMAT " ! fakesink name=sink sync=true qos=true max-lateness=%" G_GUINT64_FORMAT,
+        model_file, N_THREADS, (guint64)(GST_SECOND / 2), (guint64)(5 * GST_MSECOND));
+    GstElement *p = launch(desc);
+    GstElement *sink = gst_bin_get_by_name(GST_BIN(p), "sink");
+    GstElement *vlm = gst_bin_get_by_name(GST_BIN(p), "vlm");
+    GHashTable *results;
+    GstStructure *stats;
+    guint64 rendered = 0, dropped = 0;
+
+    results = run_to_eos_keep(p);
+    GPtrArray *answers = g_hash_table_lookup(results, "vlm");
+    g_object_get(sink, "stats", &stats, NULL);
+    gst_structure_get_uint64(stats, "rendered", &rendered);
+    gst_structure_get_uint64(stats, "dropped", &dropped);
+    GstQuery *q = gst_query_new_latency();
+    gboolean live;
+    GstClockTime min = 0, max;
+    g_assert_true(gst_element_query(p, q));
+    gst_query_parse_latency(q, &live, &min, &max);
+    guint64 slowest = 0, held = 0; /* frames held behind all analyses */
+    for (guint i = 0; i < answers->len; i++) {
+        slowest = MAX(slowest, get_u64(answers->pdata[i], "latency"));
+        held += get_u64(answers->pdata[i], "latency") / (GST_SECOND / 30);
+    }
+    g_test_message("%u answers (slowest %" G_GUINT64_FORMAT " ns, %" G_GUINT64_FORMAT
+                   " frames held in all); pipeline latency %" G_GUINT64_FORMAT " ns; %"
+                   G_GUINT64_FORMAT " frames rendered, %" G_GUINT64_FORMAT " dropped",
+                   answers->len, slowest, held, min, rendered, dropped);
+    g_assert_true(live);
+    g_assert_cmpuint(min, >=, slowest);
+    /* frames held behind an analysis slower than any before it (the first, before it was
+     * measured) can still be late; the rest are on time */
+    g_assert_cmpuint(dropped, <, held);
+    gst_element_set_state(p, GST_STATE_NULL);
+    gst_structure_free(stats);
+    g_hash_table_unref(results);
+    gst_object_unref(sink);
+    gst_object_unref(vlm);
+    gst_object_unref(p);
+    g_free(desc);
+}
+
+/* model-file cannot change under a running session: refused with a warning in PLAYING. Caps
+ * offer only sizes the engine takes (no warning flood on every sampled frame). */
+static void test_refusals(void)
+{
+    GstElement *vlm = make_vlm(NULL);
+    GstVideoInfo info;
+    char *path;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 32, 24);
+    rig_init(&r, vlm, &info, FALSE);
+    g_assert_cmpint(gst_element_set_state(vlm, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+    g_object_set(vlm, "model-file", "/elsewhere/other.gguf", NULL);
+    expect_warning(r.bus, "model-file can only change");
+    g_object_get(vlm, "model-file", &path, NULL);
+    g_assert_cmpstr(path, ==, model_file);
+    g_free(path);
+
+    GstPad *pad = gst_element_get_static_pad(vlm, "sink");
+    GstCaps *huge = gst_caps_from_string("video/x-raw,format=RGB,width=20000,height=10,framerate=1/1");
+    GstCaps *fine = gst_caps_from_string("video/x-raw,format=RGB,width=16384,height=10,framerate=1/1");
+    g_assert_false(gst_pad_query_accept_caps(pad, huge));
+    g_assert_true(gst_pad_query_accept_caps(pad, fine));
+    gst_caps_unref(huge);
+    gst_caps_unref(fine);
+    gst_object_unref(pad);
+    rig_clear(&r);
+}
+
+/* A text branch that takes nothing (a stalled muxer, a blocked probe) while video flows: the
+ * element's text queue stays bounded (oldest captions become GAPs, counted) and video never
+ * waits; when the branch moves again, its time still only goes forward. */
+static GstPadProbeReturn block_probe(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    return GST_PAD_PROBE_OK;
+}
+
+static void test_stalled_text(void)
+{
+    GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, "max-tokens", 2, NULL);
+    const guint n = 3000;
+    GstVideoInfo info;
+    GstBuffer *buf;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 16, 12);
+    rig_init(&r, vlm, &info, TRUE);
+    GstPad *text_sink = GST_PAD_PEER(gst_element_get_static_pad(vlm, "text_src"));
+    gst_object_unref(gst_element_get_static_pad(vlm, "text_src"));
+    gulong probe = gst_pad_add_probe(text_sink, GST_PAD_PROBE_TYPE_BLOCK_DOWNSTREAM, block_probe,
+                                     NULL, NULL);
+    for (guint i = 0; i < n; i++)
+        gst_buffer_unref(push_pull(&r, make_frame(&info, i % 7, i * 10 * GST_MSECOND)));
+    guint64 dropped = get_counter(vlm, "text-dropped");
+    g_test_message("%u frames with the text branch blocked: %" G_GUINT64_FORMAT
+                   " captions became GAPs", n, dropped);
+    g_assert_cmpuint(dropped, >, n / 2);
+    gst_pad_remove_probe(text_sink, probe);
+    g_assert_true(gst_harness_push_event(r.h, gst_event_new_eos()));
+    /* what the branch gets: at most the bound, in forward time */
+    guint items = 0;
+    GstClockTime pos = 0;
+    GstEvent *ev;
+    while ((ev = gst_harness_pull_event(r.text)) && GST_EVENT_TYPE(ev) != GST_EVENT_EOS) {
+        if (GST_EVENT_TYPE(ev) == GST_EVENT_GAP) {
+            GstClockTime ts, dur;
+            gst_event_parse_gap(ev, &ts, &dur);
+            g_assert_cmpuint(ts, >=, pos);
+            pos = ts + dur;
+        }
+        gst_event_unref(ev);
+    }
+    g_assert_nonnull(ev);
+    gst_event_unref(ev);
+    while ((buf = gst_harness_try_pull(r.text))) {
+        items++;
+        gst_buffer_unref(buf);
+    }
+    g_test_message("%u caption buffers reached the branch", items);
+    g_assert_cmpuint(items, <=, 1100);
+    rig_clear(&r);
+}
+
 /* A question longer than the model's context is cut to fit with one warning, not an error. */
 static void test_long_prompt(void)
 {
@@ -1449,6 +1748,137 @@ static void remove_dir(const char *dir)
     if (d)
         g_dir_close(d);
     g_rmdir(dir);
+}
+
+/* Buffers that reach appsink `name` of a pipeline run to EOS (copied out as they come). */
+typedef struct {
+    GPtrArray *buffers;
+} Collected;
+
+static GstFlowReturn collect_sample(GstAppSink *sink, gpointer data)
+{
+    Collected *c = data;
+    GstSample *sample = gst_app_sink_pull_sample(sink);
+    g_ptr_array_add(c->buffers, gst_buffer_ref(gst_sample_get_buffer(sample)));
+    gst_sample_unref(sample);
+    return GST_FLOW_OK;
+}
+
+/* The text of a buffer, as a string. */
+static char *buffer_text(GstBuffer *buf)
+{
+    GstMapInfo map;
+    char *text;
+    gst_buffer_map(buf, &map, GST_MAP_READ);
+    text = g_strndup((const char *)map.data, map.size);
+    gst_buffer_unmap(buf, &map);
+    return text;
+}
+
+/* Demuxes `file` with `demux`: its video frames' count and its subtitle buffers. */
+static GPtrArray *demux_subtitles(const char *file, const char *demux, guint *n_video)
+{
+    char *desc = g_strdup_printf("filesrc location=%s ! %s name=d "
+                                 "d.video_0 ! appsink name=v sync=false async=false emit-signals=true "
+                                 "d.subtitle_0 ! appsink name=t sync=false async=false emit-signals=true",
+                                 file, demux);
+    GstElement *p = launch(desc);
+    GstElement *v = gst_bin_get_by_name(GST_BIN(p), "v"), *t = gst_bin_get_by_name(GST_BIN(p), "t");
+    Collected video = {g_ptr_array_new_with_free_func((GDestroyNotify)gst_buffer_unref)};
+    Collected text = {g_ptr_array_new_with_free_func((GDestroyNotify)gst_buffer_unref)};
+
+    g_signal_connect(v, "new-sample", G_CALLBACK(collect_sample), &video);
+    g_signal_connect(t, "new-sample", G_CALLBACK(collect_sample), &text);
+    g_hash_table_unref(run_to_eos(p));
+    *n_video = video.buffers->len;
+    g_ptr_array_unref(video.buffers);
+    gst_object_unref(v);
+    gst_object_unref(t);
+    gst_object_unref(p);
+    g_free(desc);
+    return text.buffers;
+}
+
+typedef struct {
+    const char *mux, *demux;
+    gboolean live, async;
+} MuxCase;
+
+/* The captions muxed as a subtitle track beside H.264 video (issue: text_src used to hang the
+ * muxer with async=true): the pipeline reaches EOS, the file demuxes to every video frame and to
+ * subtitles whose times only go forward, cover the video from the first caption on without a
+ * hole, and carry every caption the element announced. */
+static void test_mux(gconstpointer data)
+{
+    const MuxCase *c = data;
+    char *dir = g_dir_make_tmp("cobravlm-mux-XXXXXX", NULL);
+    char *clip = g_build_filename(dir, "clip.mp4", NULL);
+    char *out = g_build_filename(dir, "out", NULL);
+    const guint n = 45, fps = 15;
+    char *src, *desc;
+
+    if (c->live) {
+        src = g_strdup_printf("videotestsrc is-live=true num-buffers=%u pattern=ball ! "
+                              "video/x-raw,width=160,height=120,framerate=%u/1", n, fps);
+    } else {
+        desc = g_strdup_printf("videotestsrc num-buffers=%u pattern=ball ! "
+                               "video/x-raw,width=160,height=120,framerate=%u/1 ! x264enc ! "
+                               "mp4mux ! filesink location=%s", n, fps, clip);
+        GstElement *p = launch(desc);
+        g_hash_table_unref(run_to_eos(p));
+        gst_object_unref(p);
+        g_free(desc);
+        src = g_strdup_printf("filesrc location=%s ! decodebin ! videoconvert", clip);
+    }
+    desc = g_strdup_printf("%s ! cobravlm name=vlm model-file=%s n-threads=%d max-tokens=8 "
+                           "interval=%" G_GUINT64_FORMAT " async=%d ! videoconvert ! x264enc ! "
+                           "h264parse ! queue ! %s name=mux ! filesink location=%s "
+                           "vlm.text_src ! queue ! mux.subtitle_0",
+                           src, model_file, N_THREADS, (guint64)(GST_SECOND / 2), c->async,
+                           c->mux, out);
+    GstElement *p = launch(desc);
+    GHashTable *results = run_to_eos(p);
+    GPtrArray *answers = g_hash_table_lookup(results, "vlm");
+    guint n_video = 0;
+    GPtrArray *subs = demux_subtitles(out, c->demux, &n_video);
+
+    g_test_message("%s, %s, async=%d: %u answers, %u video frames, %u subtitle buffers",
+                   c->mux, c->live ? "live" : "file", c->async, answers ? answers->len : 0,
+                   n_video, subs->len);
+    g_assert_nonnull(answers);
+    g_assert_cmpuint(n_video, ==, n);
+    g_assert_cmpuint(subs->len, >, 0);
+    GstClockTime frame = GST_SECOND / fps, end = GST_CLOCK_TIME_NONE;
+    for (guint i = 0; i < subs->len; i++) {
+        GstBuffer *b = subs->pdata[i];
+        g_assert_true(GST_BUFFER_PTS_IS_VALID(b));
+        if (GST_CLOCK_TIME_IS_VALID(end)) {
+            g_assert_cmpuint(GST_BUFFER_PTS(b), >=, end - frame / 2); /* forward only */
+            g_assert_cmpuint(GST_BUFFER_PTS(b), <=, end + frame / 2); /* no hole */
+        }
+        end = GST_BUFFER_PTS(b) + GST_BUFFER_DURATION(b);
+    }
+    g_assert_cmpuint(end, >=, (n - 1) * frame - frame / 2); /* mp4 rounds to ms */
+    for (guint k = 0; k < answers->len; k++) {
+        const char *want = gst_structure_get_string(answers->pdata[k], "text");
+        gboolean found = FALSE;
+        for (guint i = 0; i < subs->len && !found; i++) {
+            char *got = buffer_text(subs->pdata[i]);
+            found = g_str_equal(g_strstrip(got), want);
+            g_free(got);
+        }
+        if (!found)
+            g_test_fail_printf("answer %u (\"%s\") is not in the subtitles", k, want);
+    }
+    g_ptr_array_unref(subs);
+    g_hash_table_unref(results);
+    gst_object_unref(p);
+    remove_dir(dir);
+    g_free(src);
+    g_free(desc);
+    g_free(clip);
+    g_free(out);
+    g_free(dir);
 }
 
 /* A bad model file fails NULL -> READY with an element error naming the file. */
@@ -1562,8 +1992,25 @@ int main(int argc, char **argv)
     g_test_add_func("/element/shared-model", test_shared_model);
     g_test_add_func("/element/bad-models", test_bad_models);
     g_test_add_func("/element/long-prompt", test_long_prompt);
+    g_test_add_func("/element/ask-outcomes", test_ask_outcomes);
+    g_test_add_func("/element/series-and-origin", test_series_and_origin);
+    g_test_add_func("/element/sync-latency", test_sync_latency);
+    g_test_add_func("/element/refusals", test_refusals);
+    g_test_add_func("/element/stalled-text", test_stalled_text);
     g_test_add_data_func("/element/textoverlay/sync", GINT_TO_POINTER(FALSE), test_textoverlay);
     g_test_add_data_func("/element/textoverlay/async", GINT_TO_POINTER(TRUE), test_textoverlay);
+    static const MuxCase mux_cases[] = {
+        {"matroskamux", "matroskademux", TRUE, TRUE}, {"matroskamux", "matroskademux", TRUE, FALSE},
+        {"matroskamux", "matroskademux", FALSE, TRUE}, {"mp4mux", "qtdemux", FALSE, TRUE},
+        {"mp4mux", "qtdemux", FALSE, FALSE}, {"mp4mux", "qtdemux", TRUE, TRUE},
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(mux_cases); i++) {
+        char *name = g_strdup_printf("/element/mux/%s/%s/%s", mux_cases[i].mux,
+                                     mux_cases[i].live ? "live" : "file",
+                                     mux_cases[i].async ? "async" : "sync");
+        g_test_add_data_func(name, &mux_cases[i], test_mux);
+        g_free(name);
+    }
     static const char *scripts[] = {"camera-captions.sh", "file-to-srt.sh", "network-stream.sh",
                                     "captions-json.sh", "multi-stream.sh"};
     for (guint i = 0; i < G_N_ELEMENTS(scripts); i++) {
