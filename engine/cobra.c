@@ -655,14 +655,15 @@ static GPtrArray *encode_labels(const CobraModel *m, const char *const *labels, 
 
 /* Sum of the log-probabilities of ids, each given the ones before it, from `state` (copied: the
  * state after the prompt serves every label) and the logits it left. The last token needs no
- * step: only its probability is wanted. */
+ * step, only its probability, so a one-token label costs no copy (26 MB for the 3B model). */
 static double label_log_prob(CobraSession *s, const MambaState *state, const float *logits,
                              const GArray *ids)
 {
     const Mamba *lm = &s->model->lm;
     const int32_t *t = (const int32_t *)ids->data;
     double lp = log_softmax_at(logits, lm->n_vocab, t[0]);
-    mamba_state_copy(&s->state, state, lm);
+    if (ids->len > 1)
+        mamba_state_copy(&s->state, state, lm);
     for (guint k = 1; k < ids->len; k++) {
         mamba_embed(lm, &t[k - 1], 1, s->embeds);
         mamba_forward(lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
@@ -671,8 +672,9 @@ static double label_log_prob(CobraSession *s, const MambaState *state, const flo
     return lp;
 }
 
-static gboolean score_labels(CobraSession *s, const char *question, const char *const *labels,
-                             int n_labels, float *log_probs, GError **error)
+/* The question's prompt through the LM from the image state, with ask()'s checks and timings;
+ * leaves the state after the prompt in s->state and its logits in s->logits. */
+static gboolean prefill_question(CobraSession *s, const char *question, GError **error)
 {
     const CobraModel *m = s->model;
     if (!s->has_image) {
@@ -683,42 +685,49 @@ static gboolean score_labels(CobraSession *s, const char *question, const char *
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
         return FALSE;
     }
-    GPtrArray *label_ids = encode_labels(m, labels, n_labels, error);
-    if (!label_ids)
-        return FALSE;
     s->timings.prefill_s = s->image_prefill_s;
     s->timings.decode_s = 0;
     s->timings.n_prompt_truncated = 0;
     s->timings.n_generated = 0;
     GArray *ids = encode_prompt(s, question, error);
-    gboolean ok = ids != NULL;
-    MambaState prompt = {0};
-    float *prompt_logits = NULL;
-    if (ok) {
-        s->timings.n_prompt_tokens = (int)ids->len;
-        double t0 = now_s();
-        mamba_state_copy(&s->state, &s->image_state, &m->lm);
-        ok = prefill_prompt(s, ids, error);
-        s->timings.prefill_s += now_s() - t0;
+    if (!ids)
+        return FALSE;
+    s->timings.n_prompt_tokens = (int)ids->len;
+    double t0 = now_s();
+    mamba_state_copy(&s->state, &s->image_state, &m->lm);
+    gboolean ok = prefill_prompt(s, ids, error);
+    g_array_unref(ids);
+    s->timings.prefill_s += now_s() - t0;
+    return ok;
+}
+
+static gboolean score_labels(CobraSession *s, const char *question, const char *const *labels,
+                             int n_labels, float *log_probs, GError **error)
+{
+    const Mamba *lm = &s->model->lm;
+    GPtrArray *label_ids = encode_labels(s->model, labels, n_labels, error);
+    if (!label_ids)
+        return FALSE;
+    if (!prefill_question(s, question, error)) {
+        g_ptr_array_unref(label_ids);
+        return FALSE;
     }
-    if (ok) {
-        double t1 = now_s();
-        /* A copy per call rather than per session: the session keeps its size. */
-        mamba_state_init(&prompt, &m->lm);
-        mamba_state_copy(&prompt, &s->state, &m->lm);
-        prompt_logits = g_memdup2(s->logits, (gsize)m->lm.n_vocab * sizeof(float));
-        for (int i = 0; i < n_labels && ok; i++) {
-            ok = check_cancel(s, error);
-            if (ok)
-                log_probs[i] = (float)label_log_prob(s, &prompt, prompt_logits,
-                                                     g_ptr_array_index(label_ids, i));
-        }
-        s->timings.decode_s = now_s() - t1;
-        mamba_state_free(&prompt);
+    double t0 = now_s();
+    /* A copy per call rather than per session: the session keeps its size. */
+    MambaState prompt;
+    mamba_state_init(&prompt, lm);
+    mamba_state_copy(&prompt, &s->state, lm);
+    float *prompt_logits = g_memdup2(s->logits, (gsize)lm->n_vocab * sizeof(float));
+    gboolean ok = TRUE;
+    for (int i = 0; i < n_labels && ok; i++) {
+        ok = check_cancel(s, error);
+        if (ok)
+            log_probs[i] = (float)label_log_prob(s, &prompt, prompt_logits,
+                                                 g_ptr_array_index(label_ids, i));
     }
+    s->timings.decode_s = now_s() - t0;
+    mamba_state_free(&prompt);
     g_free(prompt_logits);
-    if (ids)
-        g_array_unref(ids);
     g_ptr_array_unref(label_ids);
     return ok;
 }

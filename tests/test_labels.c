@@ -284,7 +284,7 @@ static void test_reference_f16(void) { check_reference(&weights[1]); }
 static void test_reference_q8_0(void) { check_reference(&weights[2]); }
 
 /* Each label continues from the state after the prompt, not from the label before it, and
- * scoring leaves the image state as it was. */
+ * scoring leaves the image state as it was; the timings count the prompt and no generation. */
 static void test_independent(void)
 {
     CobraModel *m;
@@ -300,6 +300,13 @@ static void test_independent(void)
     g_assert_true(cobra_session_score_labels(s, q, both, 2, lp, &err));
     g_assert_true(cobra_session_score_labels(s, q, swapped, 2, lp_swapped, &err));
     g_assert_true(cobra_session_score_labels(s, q, both + 1, 1, &alone, &err));
+    CobraTimings t;
+    cobra_session_get_timings(s, &t);
+    Npy prompt_ids;
+    test_load_npy("tiny/golden/prompt_ids.npy", &prompt_ids);
+    g_assert_cmpint(t.n_prompt_tokens, ==, (int)prompt_ids.n_elems);
+    g_assert_cmpint(t.n_generated, ==, 0);
+    npy_free(&prompt_ids);
     char *after = cobra_session_ask(s, q, &p, NULL, NULL, &err);
     g_assert_no_error(err);
     g_assert_cmpfloat(lp[0], ==, lp_swapped[1]);
