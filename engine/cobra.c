@@ -574,3 +574,178 @@ char *cobra_session_ask(CobraSession *s, const char *question, const CobraParams
     omp_set_num_threads(s->n_threads);
     return answer(s, question, params, on_token, user_data, error);
 }
+
+/* ---- labels: log-probability of fixed answers ---- */
+
+/* log softmax(logits)[id] = logits[id] - max - log sum exp(logits - max), summed in double. */
+static double log_softmax_at(const float *logits, int n, int id)
+{
+    float max = logits[0];
+    for (int i = 1; i < n; i++)
+        max = fmaxf(max, logits[i]);
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)logits[i] - max);
+    return (double)logits[id] - max - log(sum);
+}
+
+static gboolean check_embedded(const CobraModel *m, const GArray *ids, const char *what,
+                               GError **error)
+{
+    for (guint i = 0; i < ids->len; i++) {
+        int32_t id = g_array_index(ids, int32_t, i);
+        if (id < 0 || id >= m->lm.n_vocab) {
+            g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
+                        "%s contains token %d ('%s'), which the model has no embedding for "
+                        "(%d rows)", what, id, tokenizer_token_text(m->tokenizer, id),
+                        m->lm.n_vocab);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* The ids of label i, tokenised alone (no leading space, no stop token), or NULL and an error
+ * naming the label and the limit it breaks. */
+static GArray *encode_label(const CobraModel *m, const char *label, int i, GError **error)
+{
+    if (!label || !g_utf8_validate(label, -1, NULL)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "label %d is %s", i,
+                    label ? "not valid UTF-8" : "NULL");
+        return NULL;
+    }
+    const char *p = label;
+    while (g_ascii_isspace(*p))
+        p++;
+    if (!*p) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "label %d ('%s') is empty", i,
+                    label);
+        return NULL;
+    }
+    char *what = g_strdup_printf("label %d ('%s')", i, label);
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    gboolean ok = tokenizer_encode(m->tokenizer, label, -1, ids, error) &&
+                  check_embedded(m, ids, what, error);
+    if (ok && ids->len > COBRA_MAX_LABEL_TOKENS) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "%s has %u tokens, more than %d",
+                    what, ids->len, COBRA_MAX_LABEL_TOKENS);
+        ok = FALSE;
+    }
+    if (!ok)
+        g_clear_pointer(&ids, g_array_unref);
+    g_free(what);
+    return ids;
+}
+
+static GPtrArray *encode_labels(const CobraModel *m, const char *const *labels, int n,
+                                GError **error)
+{
+    if (n < 1) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "no labels to score (%d given)", n);
+        return NULL;
+    }
+    if (n > COBRA_MAX_LABELS) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "%d labels, more than %d", n,
+                    COBRA_MAX_LABELS);
+        return NULL;
+    }
+    GPtrArray *all = g_ptr_array_new_with_free_func((GDestroyNotify)g_array_unref);
+    for (int i = 0; i < n; i++) {
+        GArray *ids = encode_label(m, labels[i], i, error);
+        if (!ids) {
+            g_ptr_array_unref(all);
+            return NULL;
+        }
+        g_ptr_array_add(all, ids);
+    }
+    return all;
+}
+
+/* Sum of the log-probabilities of ids, each given the ones before it, from `state` (copied: the
+ * state after the prompt serves every label) and the logits it left. The last token needs no
+ * step, only its probability, so a one-token label costs no copy (26 MB for the 3B model). */
+static double label_log_prob(CobraSession *s, const MambaState *state, const float *logits,
+                             const GArray *ids)
+{
+    const Mamba *lm = &s->model->lm;
+    const int32_t *t = (const int32_t *)ids->data;
+    double lp = log_softmax_at(logits, lm->n_vocab, t[0]);
+    if (ids->len > 1)
+        mamba_state_copy(&s->state, state, lm);
+    for (guint k = 1; k < ids->len; k++) {
+        mamba_embed(lm, &t[k - 1], 1, s->embeds);
+        mamba_forward(lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
+        lp += log_softmax_at(s->logits, lm->n_vocab, t[k]);
+    }
+    return lp;
+}
+
+/* The question's prompt through the LM from the image state, with ask()'s checks and timings;
+ * leaves the state after the prompt in s->state and its logits in s->logits. */
+static gboolean prefill_question(CobraSession *s, const char *question, GError **error)
+{
+    const CobraModel *m = s->model;
+    if (!s->has_image) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_STATE, "no image: call set_image first");
+        return FALSE;
+    }
+    if (!g_utf8_validate(question, -1, NULL)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
+        return FALSE;
+    }
+    s->timings.prefill_s = s->image_prefill_s;
+    s->timings.decode_s = 0;
+    s->timings.n_prompt_truncated = 0;
+    s->timings.n_generated = 0;
+    GArray *ids = encode_prompt(s, question, error);
+    if (!ids)
+        return FALSE;
+    s->timings.n_prompt_tokens = (int)ids->len;
+    double t0 = now_s();
+    mamba_state_copy(&s->state, &s->image_state, &m->lm);
+    gboolean ok = prefill_prompt(s, ids, error);
+    g_array_unref(ids);
+    s->timings.prefill_s += now_s() - t0;
+    return ok;
+}
+
+static gboolean score_labels(CobraSession *s, const char *question, const char *const *labels,
+                             int n_labels, float *log_probs, GError **error)
+{
+    const Mamba *lm = &s->model->lm;
+    GPtrArray *label_ids = encode_labels(s->model, labels, n_labels, error);
+    if (!label_ids)
+        return FALSE;
+    if (!prefill_question(s, question, error)) {
+        g_ptr_array_unref(label_ids);
+        return FALSE;
+    }
+    double t0 = now_s();
+    /* A copy per call rather than per session: the session keeps its size. */
+    MambaState prompt;
+    mamba_state_init(&prompt, lm);
+    mamba_state_copy(&prompt, &s->state, lm);
+    float *prompt_logits = g_memdup2(s->logits, (gsize)lm->n_vocab * sizeof(float));
+    gboolean ok = TRUE;
+    for (int i = 0; i < n_labels && ok; i++) {
+        ok = check_cancel(s, error);
+        if (ok)
+            log_probs[i] = (float)label_log_prob(s, &prompt, prompt_logits,
+                                                 g_ptr_array_index(label_ids, i));
+    }
+    s->timings.decode_s = now_s() - t0;
+    mamba_state_free(&prompt);
+    g_free(prompt_logits);
+    g_ptr_array_unref(label_ids);
+    return ok;
+}
+
+gboolean cobra_session_score_labels(CobraSession *s, const char *question,
+                                    const char *const *labels, int n_labels, float *log_probs,
+                                    GError **error)
+{
+    g_return_val_if_fail(s != NULL && question != NULL && (labels != NULL || n_labels == 0) &&
+                             (log_probs != NULL || n_labels == 0), FALSE);
+    omp_set_num_threads(s->n_threads);
+    return score_labels(s, question, labels, n_labels, log_probs, error);
+}

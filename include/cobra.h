@@ -137,8 +137,25 @@ gboolean cobra_session_set_image(CobraSession *session, const CobraImage *image,
 char *cobra_session_ask(CobraSession *session, const char *question, const CobraParams *params,
                         CobraTokenFunc on_token, void *user_data, GError **error);
 
-/* Thread-safe: makes the running set_image/ask of this session, and every later one, stop with
- * COBRA_ERROR_CANCELLED until cobra_session_resume(). */
+/* Limits of cobra_session_score_labels(). */
+#define COBRA_MAX_LABELS 256
+#define COBRA_MAX_LABEL_TOKENS 64
+
+/* Score fixed answers instead of generating one: log_probs[i] (n_labels floats) gets the natural
+ * log-probability that the answer to `question` about the current image begins with labels[i],
+ * tokenised alone exactly as given (no leading space; no stop token). One prompt prefill serves
+ * every label: each continues from a copy of the state after the prompt. Confidence is up to the
+ * caller (e.g. a softmax over log_probs). Fails (INVALID) on an empty list, more than
+ * COBRA_MAX_LABELS labels, an empty or blank label, invalid UTF-8, a label of more than
+ * COBRA_MAX_LABEL_TOKENS tokens or with a token the model has no embedding for; STATE without an
+ * image; CANCELLED when cancelled (checked before each label). Timings: prefill as for ask,
+ * decode_s the time spent on the labels. */
+gboolean cobra_session_score_labels(CobraSession *session, const char *question,
+                                    const char *const *labels, int n_labels, float *log_probs,
+                                    GError **error);
+
+/* Thread-safe: makes the running set_image/ask/score_labels of this session, and every later
+ * one, stop with COBRA_ERROR_CANCELLED until cobra_session_resume(). */
 void cobra_session_cancel(CobraSession *session);
 void cobra_session_resume(CobraSession *session);
 

@@ -6,12 +6,15 @@
  * with GStreamer (any format it reads) or read from a uint8 H x W x 3 .npy array. -p may be
  * given several times: the image is encoded once and each answer printed on its own line
  * (a newline inside an answer then written as \n).
+ * --labels "a,b,c" scores those answers instead of generating one and prints, per question, one
+ * JSON line {"label": best, "confidence": its softmax share, "scores": {"a": log-prob, ...}}.
  * --dump-dir writes every intermediate as .npy under the names of the reference dumps;
  * --tokenize / --detokenize convert between text on stdin and a JSON array of ids.
  */
 #include <gst/app/gstappsink.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +121,82 @@ static void dump_tensor(const char *name, const char *dtype, const int64_t *shap
     g_free(file);
 }
 
+/* --labels: comma-separated items, trimmed; an empty or repeated item is an error. */
+static GPtrArray *split_labels(const char *list)
+{
+    GPtrArray *labels = g_ptr_array_new_with_free_func(g_free);
+    char **items = g_strsplit(list, ",", -1);
+    for (int i = 0; items[i]; i++) {
+        char *label = g_strstrip(items[i]);
+        if (!*label)
+            die("--labels: item %d of '%s' is empty", i + 1, list);
+        for (guint j = 0; j < labels->len; j++)
+            if (strcmp(labels->pdata[j], label) == 0)
+                die("--labels: '%s' is given twice", label);
+        g_ptr_array_add(labels, g_strdup(label));
+    }
+    g_strfreev(items);
+    return labels;
+}
+
+static void append_json_string(GString *out, const char *s)
+{
+    g_string_append_c(out, '"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            g_string_append_printf(out, "\\%c", c);
+        else if (c == '\n')
+            g_string_append(out, "\\n");
+        else if (c == '\t')
+            g_string_append(out, "\\t");
+        else if (c < 0x20)
+            g_string_append_printf(out, "\\u%04x", c);
+        else
+            g_string_append_c(out, (char)c);
+    }
+    g_string_append_c(out, '"');
+}
+
+static void append_json_number(GString *out, double v)
+{
+    char buf[G_ASCII_DTOSTR_BUF_SIZE];
+    g_string_append(out, isfinite(v) ? g_ascii_formatd(buf, sizeof buf, "%.9g", v) : "null");
+}
+
+/* The best label and its share of a softmax over the labels' log-probabilities. */
+static void print_label_scores(CobraSession *session, const char *question, GPtrArray *labels)
+{
+    int n = (int)labels->len, best = 0;
+    float *lp = g_new(float, n);
+    GError *err = NULL;
+    if (!cobra_session_score_labels(session, question, (const char *const *)labels->pdata, n, lp,
+                                    &err))
+        die("%s", err->message);
+    for (int i = 1; i < n; i++)
+        if (lp[i] > lp[best])
+            best = i;
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)lp[i] - lp[best]);
+    GString *line = g_string_new("{\"label\": ");
+    append_json_string(line, labels->pdata[best]);
+    g_string_append(line, ", \"confidence\": ");
+    append_json_number(line, 1.0 / sum);
+    g_string_append(line, ", \"scores\": {");
+    for (int i = 0; i < n; i++) {
+        g_string_append(line, i ? ", " : "");
+        append_json_string(line, labels->pdata[i]);
+        g_string_append(line, ": ");
+        append_json_number(line, lp[i]);
+    }
+    g_string_append(line, "}}");
+    puts(line->str);
+    fflush(stdout);
+    g_string_free(line, TRUE);
+    g_free(lp);
+}
+
 static gboolean print_piece(const char *piece, int id, void *user_data)
 {
     fputs(piece, stderr);
@@ -197,7 +276,7 @@ static int detokenize(CobraModel *model, gboolean skip_special)
 int main(int argc, char **argv)
 {
     /* Freed at return (the option parser allocates them), so leak checkers see a clean exit. */
-    g_autofree char *model_path = NULL, *image_path = NULL, *dump_dir = NULL;
+    g_autofree char *model_path = NULL, *image_path = NULL, *dump_dir = NULL, *label_list = NULL;
     g_auto(GStrv) prompts = NULL;
     int threads = 0;
     gboolean do_tokenize = FALSE, do_detokenize = FALSE, skip_special = FALSE;
@@ -221,6 +300,9 @@ int main(int argc, char **argv)
         {"repeat-penalty", 0, 0, G_OPTION_ARG_DOUBLE, &repeat_penalty,
          "Repetition penalty (1 = off)", "R"},
         {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Sampling seed", "S"},
+        /* FILENAME: the bytes as given, whatever the locale (the engine checks the UTF-8). */
+        {"labels", 0, 0, G_OPTION_ARG_FILENAME, &label_list,
+         "Score these comma-separated answers instead of generating; print JSON", "A,B,..."},
         {"dump-dir", 0, 0, G_OPTION_ARG_FILENAME, &dump_dir,
          "Write every intermediate tensor as .npy into DIR", "DIR"},
         {"tokenize", 0, 0, G_OPTION_ARG_NONE, &do_tokenize,
@@ -251,6 +333,7 @@ int main(int argc, char **argv)
     }
     if (!image_path || !prompts)
         die("pass an image (-i) and a question (-p)");
+    g_autoptr(GPtrArray) labels = label_list ? split_labels(label_list) : NULL;
 
     params.max_tokens = max_tokens;
     params.temperature = (float)temp;
@@ -275,7 +358,9 @@ int main(int argc, char **argv)
     if (!cobra_session_set_image(session, &img.image, &err))
         die("%s", err->message);
     gboolean several = prompts[0] && prompts[1];
-    for (char **q = prompts; *q; q++) {
+    for (char **q = prompts; *q && labels; q++)
+        print_label_scores(session, *q, labels);
+    for (char **q = prompts; *q && !labels; q++) {
         char *answer = cobra_session_ask(session, *q, &params, print_piece, NULL, &err);
         if (!answer)
             die("%s", err->message);

@@ -9,6 +9,7 @@ short in the header, the metadata, the tensor table and the data. The tiny test 
 would be too big a seed: mutations would land in tensor data.
 tokenizer: texts from tests/data/tokenizer/cases.jsonl, and the ids of some cases as 16-bit ids.
 image: one small frame per pixel format, odd sizes and padded strides among them.
+labels: NUL-separated label lists, one per rule of cobra_session_score_labels() and some that pass.
 
     /usr/bin/python3 tests/fuzz/make_seeds.py
 """
@@ -223,9 +224,35 @@ def image_seeds(out):
             (out / f"{name}-{w}x{h}").write_bytes(seed)
 
 
+# ---------------------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------------------
+
+MAX_LABELS, MAX_LABEL_TOKENS = 256, 64   # include/cobra.h
+
+
+def labels_seeds(out):
+    lists = {
+        "yes-no": ["yes", "no"],
+        "multi-token": ["a red circle", "smpte color bars", "café", "blue sky"],
+        "escapes": ['say "hi"\\', "a\tb", "line\nbreak", "<|endoftext|>"],
+        "blank": ["yes", "  "],
+        "empty-list": [""],
+        "bad-utf8": [b"caf\xc3 bad"],
+        "no-embedding": ["RWKV"],
+        "longest": ["cat" + " cat" * (MAX_LABEL_TOKENS - 1)],
+        "too-long": ["cat" + " cat" * MAX_LABEL_TOKENS],
+        "most": ["a"] * MAX_LABELS,
+        "too-many": ["a"] * (MAX_LABELS + 1),
+    }
+    for name, labels in lists.items():
+        encoded = [x if isinstance(x, bytes) else x.encode() for x in labels]
+        (out / name).write_bytes(b"\0".join(encoded))
+
+
 def main():
     for surface, make in [("gguf", gguf_seeds), ("tokenizer", tokenizer_seeds),
-                          ("image", image_seeds)]:
+                          ("image", image_seeds), ("labels", labels_seeds)]:
         out = HERE / "corpus" / surface
         out.mkdir(parents=True, exist_ok=True)
         for old in out.iterdir():
