@@ -13,15 +13,18 @@
  * - at EOS (`draining`) the answer in progress finishes and the questions after it are left;
  * - every `ask` id accepted gets exactly one outcome: a result or an unanswered message. */
 
+#include <math.h>
+
 #include "gstcobravlm-private.h"
 
 Question *
-question_new (const gchar * text, guint request_id)
+question_new (const gchar * text, guint request_id, gchar ** labels)
 {
   Question *q = g_new (Question, 1);
 
   q->question = g_strdup (text);
   q->request_id = request_id;
+  q->labels = g_strdupv (labels);
   return q;
 }
 
@@ -29,6 +32,7 @@ void
 question_free (Question * q)
 {
   g_free (q->question);
+  g_strfreev (q->labels);
   g_free (q);
 }
 
@@ -132,15 +136,18 @@ job_free (Job * job)
   gst_video_frame_unmap (&job->frame);
   gst_buffer_unref (job->copy);
   g_queue_clear_full (&job->questions, (GDestroyNotify) question_free);
+  if (job->regions)
+    g_array_unref (job->regions);
   gst_structure_free (job->origin);
   g_free (job);
 }
 
-/* Copies the frame (planes with their strides) and takes the prompt (when `with_prompt`), the
- * pending asks and the decoding properties as they are now. Counts the frame as analysed. */
+/* Copies the frame (planes with their strides) and takes the prompt (when `with_prompt`; about
+ * each of `regions` when given, which the job then owns), the pending asks and the decoding
+ * properties as they are now. Counts the frame as analysed. */
 Job *
-job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GstClockTime running_time,
-    gint64 arrival_us)
+job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GArray * regions,
+    GstClockTime running_time, gint64 arrival_us)
 {
   GstVideoInfo *info = &GST_VIDEO_FILTER (self)->in_info;
   gint64 arrival_real_us = g_get_real_time () - (g_get_monotonic_time () - arrival_us);
@@ -169,6 +176,7 @@ job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GstClockTime
   job->pts = GST_BUFFER_PTS (buf);
   job->running_time = running_time;
   job->arrival_us = arrival_us;
+  job->regions = regions;
   g_queue_init (&job->questions);
 
   cobra_params_init (&job->params);
@@ -182,7 +190,7 @@ job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GstClockTime
   job->questions = self->asks;
   g_queue_init (&self->asks);
   if (with_prompt)
-    g_queue_push_head (&job->questions, question_new (self->prompt, 0));
+    g_queue_push_head (&job->questions, question_new (self->prompt, 0, self->labels));
   job->origin = gst_structure_new ("cobravlm", "element", G_TYPE_STRING,
       GST_OBJECT_NAME (self), "stream-id", G_TYPE_STRING,
       self->stream_id ? self->stream_id : "", NULL);
@@ -219,8 +227,8 @@ warn_truncated (GstCobraVlm * self, const Question * q, const CobraTimings * tim
 }
 
 static GstStructure *
-result_new (GstCobraVlm * self, const Job * job, const Question * q, const gchar * text,
-    const CobraTimings * timings)
+result_new (const Job * job, const Question * q, const Region * region, const gchar * text,
+    const gchar * stop_reason, const CobraTimings * timings)
 {
   GstStructure *result = gst_structure_copy (job->origin);
 
@@ -228,8 +236,12 @@ result_new (GstCobraVlm * self, const Job * job, const Question * q, const gchar
       "prompt", G_TYPE_STRING, q->question, NULL);
   if (q->request_id)
     gst_structure_set (result, "request-id", G_TYPE_UINT, q->request_id, NULL);
-  gst_structure_set (result,
-      "stop-reason", G_TYPE_STRING, stop_reason_name (timings->stop_reason),
+  if (region)
+    gst_structure_set (result, "region-id", G_TYPE_UINT, region->id,
+        "region-type", G_TYPE_STRING, g_quark_to_string (region->type),
+        "region-x", G_TYPE_INT, region->x, "region-y", G_TYPE_INT, region->y,
+        "region-width", G_TYPE_INT, region->w, "region-height", G_TYPE_INT, region->h, NULL);
+  gst_structure_set (result, "stop-reason", G_TYPE_STRING, stop_reason,
       "source-pts", G_TYPE_UINT64, job->pts,
       "running-time", G_TYPE_UINT64, job->running_time,
       "latency", G_TYPE_UINT64,
@@ -238,12 +250,42 @@ result_new (GstCobraVlm * self, const Job * job, const Question * q, const gchar
   return result;
 }
 
+/* Label mode as events: a result below label-threshold, or (label-changes-only) with the
+ * label published last, is not handed on. */
+static gboolean
+label_worth_publishing (GstCobraVlm * self, const GstStructure * result)
+{
+  const gchar *label = gst_structure_get_string (result, "label");
+  gdouble confidence = 0, threshold;
+  gboolean changes_only, worth;
+
+  if (label == NULL)
+    return TRUE;
+  gst_structure_get_double (result, "confidence", &confidence);
+  GST_OBJECT_LOCK (self);
+  threshold = self->label_threshold;
+  changes_only = self->label_changes_only;
+  GST_OBJECT_UNLOCK (self);
+  worth = confidence >= threshold &&
+      !(changes_only && g_strcmp0 (label, self->last_label) == 0);
+  if (worth) {
+    g_free (self->last_label);
+    self->last_label = g_strdup (label);
+  }
+  return worth;
+}
+
 /* Hands a result to `done` (for the meta and text_src) and the bus, unless a flush came first. */
 static void
 deliver (GstCobraVlm * self, const Job * job, GstStructure * result)
 {
   gboolean keep, post;
 
+  if (!label_worth_publishing (self, result)) {
+    GST_LOG_OBJECT (self, "not published: %" GST_PTR_FORMAT, result);
+    gst_structure_free (result);
+    return;
+  }
   g_mutex_lock (&self->lock);
   keep = job->epoch == self->epoch;
   if (keep) {
@@ -281,37 +323,102 @@ job_interrupted (GstCobraVlm * self, const Job * job, const GError * err)
   return reason;
 }
 
-/* Answers one question; FALSE when the job was interrupted meanwhile. */
-static gboolean
-answer_question (GstCobraVlm * self, const Job * job, const Question * q)
+/* Label mode: the best label, its softmax share over the labels, and every log-probability. */
+static GstStructure *
+score_labels (GstCobraVlm * self, const Job * job, const Question * q, const Region * region,
+    GError ** err)
+{
+  guint n = g_strv_length (q->labels), best = 0;
+  gfloat *lp = g_new (gfloat, n);
+  GValue labels = G_VALUE_INIT, scores = G_VALUE_INIT, v = G_VALUE_INIT;
+  GstStructure *result = NULL;
+  CobraTimings timings;
+  gdouble sum = 0;
+
+  if (!cobra_session_score_labels (self->session, q->question, (const char *const *) q->labels,
+          (int) n, lp, err))
+    goto out;
+  for (guint i = 1; i < n; i++)
+    if (lp[i] > lp[best])
+      best = i;
+  for (guint i = 0; i < n; i++)
+    sum += exp (lp[i] - lp[best]);
+  cobra_session_get_timings (self->session, &timings);
+  result = result_new (job, q, region, q->labels[best], "label", &timings);
+  gst_value_array_init (&labels, n);
+  gst_value_array_init (&scores, n);
+  for (guint i = 0; i < n; i++) {
+    g_value_init (&v, G_TYPE_STRING);
+    g_value_set_string (&v, q->labels[i]);
+    gst_value_array_append_and_take_value (&labels, &v);
+    g_value_init (&v, G_TYPE_DOUBLE);
+    g_value_set_double (&v, lp[i]);
+    gst_value_array_append_and_take_value (&scores, &v);
+  }
+  gst_structure_set (result, "label", G_TYPE_STRING, q->labels[best],
+      "confidence", G_TYPE_DOUBLE, 1.0 / sum, NULL);
+  gst_structure_take_value (result, "labels", &labels);
+  gst_structure_take_value (result, "scores", &scores);
+out:
+  g_free (lp);
+  return result;
+}
+
+/* Generates the answer to a question. */
+static GstStructure *
+generate (GstCobraVlm * self, const Job * job, const Question * q, const Region * region,
+    GError ** err)
 {
   Partial partial = { self, job, q, g_string_new (NULL) };
-  GError *err = NULL;
   CobraTimings timings;
+  GstStructure *result = NULL;
   char *answer;
 
   answer = cobra_session_ask (self->session, q->question, &job->params,
-      job->partial_messages ? on_token : NULL, &partial, &err);
+      job->partial_messages ? on_token : NULL, &partial, err);
   g_string_free (partial.text, TRUE);
-  if (answer == NULL) {
-    const gchar *why = job_interrupted (self, job, err);
-
-    if (why == NULL) {
-      GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
-          ("Could not answer \"%s\" about the frame at %" GST_TIME_FORMAT ": %s",
-              q->question, GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
-      post_unanswered (self, q, job->pts, err->message);
-    } else {
-      post_unanswered (self, q, job->pts, why);
-    }
-    g_error_free (err);
-    return why == NULL;
+  if (answer) {
+    cobra_session_get_timings (self->session, &timings);
+    warn_truncated (self, q, &timings);
+    result = result_new (job, q, region, answer,
+        stop_reason_name (timings.stop_reason), &timings);
   }
-  cobra_session_get_timings (self->session, &timings);
-  warn_truncated (self, q, &timings);
-  deliver (self, job, result_new (self, job, q, answer, &timings));
   g_free (answer);
-  return TRUE;
+  return result;
+}
+
+/* Answers one question (about `region`, or the whole image set); FALSE when the job was
+ * interrupted meanwhile. */
+static gboolean
+answer_question (GstCobraVlm * self, const Job * job, const Question * q, const Region * region)
+{
+  GError *err = NULL;
+  GstStructure *result = q->labels ? score_labels (self, job, q, region, &err) :
+      generate (self, job, q, region, &err);
+  const gchar *why;
+
+  if (result) {
+    deliver (self, job, result);
+    return TRUE;
+  }
+  why = job_interrupted (self, job, err);
+  if (why == NULL && q->labels) {
+    gchar *list = g_strjoinv (",", q->labels);
+
+    /* once per label list, not on every sampled frame */
+    if (g_strcmp0 (list, self->failed_labels) != 0)
+      GST_ELEMENT_WARNING (self, LIBRARY, SETTINGS, ("Could not score the labels: %s",
+              err->message), ("labels: %s", list));
+    g_free (self->failed_labels);
+    self->failed_labels = list;
+  } else if (why == NULL) {
+    GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
+        ("Could not answer \"%s\" about the frame at %" GST_TIME_FORMAT ": %s",
+            q->question, GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
+  }
+  post_unanswered (self, q, job->pts, why ? why : err->message);
+  g_error_free (err);
+  return why == NULL;
 }
 
 /* Posts an unanswered outcome for every question left in a job, and frees it. */
@@ -327,30 +434,62 @@ job_abandon (GstCobraVlm * self, Job * job, const gchar * reason)
   job_free (job);
 }
 
-/* Runs the model on a job (without `lock`); leaves the questions it did not answer in it. */
+/* Encodes the whole frame, or a region of it; the reason to stop on failure, or NULL. */
+static const gchar *
+encode (GstCobraVlm * self, const Job * job, const Region * region)
+{
+  GError *err = NULL;
+  CobraImage crop;
+  const gchar *why;
+
+  if (region)
+    frame_crop (&job->frame, &job->image, region, &crop);
+  if (cobra_session_set_image (self->session, region ? &crop : &job->image, &err))
+    return NULL;
+  why = job_interrupted (self, job, err);
+  if (why == NULL) {
+    GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
+        ("Could not analyse the frame at %" GST_TIME_FORMAT ": %s",
+            GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
+    why = "the frame could not be analysed";
+  }
+  g_error_free (err);
+  return why;
+}
+
+/* Runs the model on a job (without `lock`): the prompt about each region (or the frame), then
+ * the asks about the frame. Leaves the questions it did not answer in the job, and returns why.
+ * At EOS only the answer in progress is waited for. */
 static const gchar *
 run_job (GstCobraVlm * self, Job * job)
 {
-  GError *err = NULL;
+  Question *q = g_queue_peek_head (&job->questions);
+  gboolean frame_encoded = FALSE;
   const gchar *why;
-  Question *q;
 
-  if (!cobra_session_set_image (self->session, &job->image, &err)) {
-    why = job_interrupted (self, job, err);
-    if (why == NULL) {
-      GST_ELEMENT_WARNING (self, LIBRARY, FAILED,
-          ("Could not analyse the frame at %" GST_TIME_FORMAT ": %s",
-              GST_TIME_ARGS (job->pts), err->message), ("%s", err->message));
-      why = "the frame could not be analysed";
+  if (q && q->request_id == 0 && job->regions) {
+    q = g_queue_pop_head (&job->questions);
+    for (guint i = 0; i < job->regions->len; i++) {
+      const Region *r = &g_array_index (job->regions, Region, i);
+
+      if ((why = encode (self, job, r)) || !answer_question (self, job, q, r)
+          || (why = job_interrupted (self, job, NULL))) {
+        question_free (q);
+        return why ? why : "stopped";
+      }
     }
-    g_error_free (err);
-    return why;
+    question_free (q);
   }
   while ((q = g_queue_pop_head (&job->questions))) {
-    gboolean ok = answer_question (self, job, q);
+    gboolean ok = frame_encoded || (why = encode (self, job, NULL)) == NULL;
 
+    if (!ok) {
+      g_queue_push_head (&job->questions, q);
+      return why;
+    }
+    frame_encoded = TRUE;
+    ok = answer_question (self, job, q, NULL);
     question_free (q);
-    /* at EOS only the answer in progress is waited for */
     why = job_interrupted (self, job, NULL);
     if (why || !ok)
       return why ? why : "stopped";

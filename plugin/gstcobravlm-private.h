@@ -28,6 +28,12 @@ GST_DEBUG_CATEGORY_EXTERN (gst_cobra_vlm_debug);
  * buffers become GAP events over the same time, so time stays covered and memory bounded. */
 #define MAX_TEXT_QUEUE 1024
 
+/* Change gating compares THUMB_SIDE x THUMB_SIDE luma thumbnails, each cell the mean of
+ * THUMB_SAMPLES x THUMB_SAMPLES pixels: fine enough that an object a tenth of the frame wide
+ * moves several cells, coarse enough that sensor noise averages out. */
+#define THUMB_SIDE 32
+#define THUMB_SAMPLES 4
+
 /* How text_src is written. */
 typedef enum
 {
@@ -38,12 +44,23 @@ typedef enum
 #define GST_TYPE_COBRA_VLM_TEXT_FORMAT (gst_cobra_vlm_text_format_get_type ())
 GType gst_cobra_vlm_text_format_get_type (void);
 
-/* A question for one frame: the prompt (request_id 0) or an `ask`. */
+/* A question for one frame: the prompt (request_id 0) or an `ask`. With labels, the answer is
+ * the best of them (label mode) instead of generated text. */
 typedef struct
 {
   gchar *question;
   guint request_id;
+  gchar **labels;
 } Question;
+
+/* A region of a frame to analyse on its own (from a GstVideoRegionOfInterestMeta), clamped to
+ * the frame. */
+typedef struct
+{
+  guint id;
+  GQuark type;
+  gint x, y, w, h;
+} Region;
 
 /* One sampled frame and the questions to answer about it. */
 typedef struct
@@ -52,6 +69,7 @@ typedef struct
   GstVideoFrame frame;          /* `copy`, mapped while the job lives */
   CobraImage image;             /* points into `frame` */
   GQueue questions;             /* of Question: the prompt (if due) first, then the asks */
+  GArray *regions;              /* of Region: the prompt is asked about each; NULL = the frame */
   CobraParams params;
   gboolean partial_messages;
   GstClockTime pts, running_time;
@@ -78,7 +96,16 @@ struct _GstCobraVlm
   gboolean post_messages;
   gboolean partial_messages;
   GstCobraVlmTextFormat text_format;
-  guint64 frames_analyzed, frames_skipped, asks_refused, text_dropped;
+  gchar **labels;               /* label mode when set */
+  gdouble label_threshold;
+  gboolean label_changes_only;
+  gboolean roi_mode;
+  gchar **roi_types;            /* NULL = every type */
+  guint max_rois;
+  gdouble roi_margin;
+  gdouble change_threshold;
+  guint64 frames_analyzed, frames_skipped, frames_unchanged, asks_refused, text_dropped;
+  guint64 rois_skipped;
   GQueue asks;                  /* of Question, for the next frame */
   guint next_request_id;
   gchar *stream_id;             /* from the last stream-start */
@@ -102,14 +129,19 @@ struct _GstCobraVlm
   GQueue done;                  /* of GstStructure results not yet published */
   GstClockTime processing;      /* sync mode's latency: 1.5 x the longest analysis so far */
 
-  /* the thread running jobs: the last over-long question warned about */
+  /* the thread running jobs: the last over-long question and the last failing labels warned
+   * about, and the last label published (label-changes-only) */
   gchar *truncated_question;
+  gchar *failed_labels;
+  gchar *last_label;
 
   /* streaming-thread state */
   CobraPixelFormat format;
   CobraYuvMatrix yuv_matrix;
   GstClockTime frame_duration;  /* from the caps' framerate, when the buffers have none */
   GstClockTime last_sampled;    /* running time of the last frame analysed for the prompt */
+  guint8 thumb[THUMB_SIDE * THUMB_SIDE];        /* of that frame, for change gating */
+  gboolean has_thumb;
   GstStructure *latest;         /* the prompt's last result, carried by every buffer */
   gboolean fresh;
 
@@ -125,10 +157,18 @@ struct _GstCobraVlm
   gchar *caption;               /* what text mode repeats on every frame */
 };
 
+/* cobravlm-frame.c */
+GArray *frame_regions (GstBuffer * buf, const GstVideoInfo * info, gchar ** types, guint max,
+    gdouble margin, guint * skipped);
+void frame_crop (const GstVideoFrame * frame, const CobraImage * full, const Region * r,
+    CobraImage * out);
+void frame_thumbnail (const GstVideoFrame * f, guint8 * thumb);
+gdouble thumbnail_difference (const guint8 * a, const guint8 * b);
+
 /* cobravlm-worker.c */
-Question *question_new (const gchar * text, guint request_id);
+Question *question_new (const gchar * text, guint request_id, gchar ** labels);
 void question_free (Question * q);
-Job *job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt,
+Job *job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GArray * regions,
     GstClockTime running_time, gint64 arrival_us);
 void job_free (Job * job);
 void job_abandon (GstCobraVlm * self, Job * job, const gchar * reason);

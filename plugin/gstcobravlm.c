@@ -69,6 +69,14 @@ GST_DEBUG_CATEGORY (gst_cobra_vlm_debug);
 #define DEFAULT_POST_MESSAGES TRUE
 #define DEFAULT_PARTIAL_MESSAGES FALSE
 #define DEFAULT_TEXT_FORMAT GST_COBRA_VLM_TEXT_FORMAT_TEXT
+#define DEFAULT_LABELS NULL
+#define DEFAULT_LABEL_THRESHOLD 0.0
+#define DEFAULT_LABEL_CHANGES_ONLY FALSE
+#define DEFAULT_ROI_MODE FALSE
+#define DEFAULT_ROI_TYPES NULL
+#define DEFAULT_MAX_ROIS 8
+#define DEFAULT_ROI_MARGIN 0.0
+#define DEFAULT_CHANGE_THRESHOLD 0.0
 
 /* Upper bounds that keep a typo from asking for hours of decoding or thousands of threads. */
 #define MAX_MAX_TOKENS 2048
@@ -76,6 +84,8 @@ GST_DEBUG_CATEGORY (gst_cobra_vlm_debug);
 #define MIN_TOP_P 0.001f              /* the engine needs top-p > 0 */
 #define MAX_TOP_K 65536
 #define MAX_N_THREADS 1024
+#define MAX_MAX_ROIS 256
+#define MAX_ROI_MARGIN 1.0
 
 /* How long text_src covers a frame whose buffer and caps give no duration: short enough not to
  * overlap the next frame's text at any rate a camera delivers, so text time never goes back. */
@@ -97,8 +107,18 @@ enum
   PROP_POST_MESSAGES,
   PROP_PARTIAL_MESSAGES,
   PROP_TEXT_FORMAT,
+  PROP_LABELS,
+  PROP_LABEL_THRESHOLD,
+  PROP_LABEL_CHANGES_ONLY,
+  PROP_ROI_MODE,
+  PROP_ROI_TYPES,
+  PROP_MAX_ROIS,
+  PROP_ROI_MARGIN,
+  PROP_CHANGE_THRESHOLD,
   PROP_FRAMES_ANALYZED,
   PROP_FRAMES_SKIPPED,
+  PROP_FRAMES_UNCHANGED,
+  PROP_ROIS_SKIPPED,
   PROP_ASKS_REFUSED,
   PROP_TEXT_DROPPED,
 };
@@ -282,6 +302,49 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
           "What text_src carries: the current caption on every frame, or one JSON object "
           "per answer", GST_TYPE_COBRA_VLM_TEXT_FORMAT, DEFAULT_TEXT_FORMAT,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_LABELS,
+      g_param_spec_string ("labels", "Labels",
+          "Comma-separated answers to score instead of generating one (label mode): the "
+          "result is the most likely, with its confidence; empty = generate text",
+          DEFAULT_LABELS,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_LABEL_THRESHOLD,
+      g_param_spec_double ("label-threshold", "Label threshold",
+          "Label mode: publish a result only when its confidence is at least this", 0.0, 1.0,
+          DEFAULT_LABEL_THRESHOLD,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_LABEL_CHANGES_ONLY,
+      g_param_spec_boolean ("label-changes-only", "Label changes only",
+          "Label mode: publish a result only when its label differs from the last published",
+          DEFAULT_LABEL_CHANGES_ONLY,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_ROI_MODE,
+      g_param_spec_boolean ("roi-mode", "Region mode",
+          "Ask the prompt about each region of interest (GstVideoRegionOfInterestMeta) of a "
+          "sampled frame instead of the whole frame; frames without regions are not analysed",
+          DEFAULT_ROI_MODE,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_ROI_TYPES,
+      g_param_spec_string ("roi-types", "Region types",
+          "Region mode: comma-separated region types to analyse (empty = all)",
+          DEFAULT_ROI_TYPES,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_MAX_ROIS,
+      g_param_spec_uint ("max-rois", "Maximum regions",
+          "Region mode: most regions analysed per frame (the first ones); the rest are "
+          "counted in rois-skipped", 1, MAX_MAX_ROIS, DEFAULT_MAX_ROIS,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_ROI_MARGIN,
+      g_param_spec_double ("roi-margin", "Region margin",
+          "Region mode: grow each region by this fraction of its width and height on every "
+          "side (clamped to the frame)", 0.0, MAX_ROI_MARGIN, DEFAULT_ROI_MARGIN,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
+  g_object_class_install_property (gobject_class, PROP_CHANGE_THRESHOLD,
+      g_param_spec_double ("change-threshold", "Change threshold",
+          "Skip a due frame when its luma thumbnail differs from the last analysed frame's by "
+          "less than this mean absolute difference in levels (0-255); 0 = analyse every due "
+          "frame", 0.0, 255.0, DEFAULT_CHANGE_THRESHOLD,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_PLAYING));
   g_object_class_install_property (gobject_class, PROP_FRAMES_ANALYZED,
       g_param_spec_uint64 ("frames-analyzed", "Frames analysed",
           "Frames handed to the model since the element started", 0, G_MAXUINT64, 0,
@@ -290,6 +353,14 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
       g_param_spec_uint64 ("frames-skipped", "Frames skipped",
           "Frames due for analysis that passed un-analysed because the model was busy",
           0, G_MAXUINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
+  g_object_class_install_property (gobject_class, PROP_FRAMES_UNCHANGED,
+      g_param_spec_uint64 ("frames-unchanged", "Frames unchanged",
+          "Frames due for analysis that were not analysed because the scene had not changed "
+          "(change-threshold)", 0, G_MAXUINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
+  g_object_class_install_property (gobject_class, PROP_ROIS_SKIPPED,
+      g_param_spec_uint64 ("rois-skipped", "Regions skipped",
+          "Regions not analysed: empty once clamped to the frame, or past max-rois", 0,
+          G_MAXUINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
   g_object_class_install_property (gobject_class, PROP_ASKS_REFUSED,
       g_param_spec_uint64 ("asks-refused", "Asks refused",
           "`ask` calls refused: an invalid question, " G_STRINGIFY (MAX_PENDING_ASKS)
@@ -360,6 +431,12 @@ gst_cobra_vlm_init (GstCobraVlm * self)
   self->post_messages = DEFAULT_POST_MESSAGES;
   self->partial_messages = DEFAULT_PARTIAL_MESSAGES;
   self->text_format = DEFAULT_TEXT_FORMAT;
+  self->label_threshold = DEFAULT_LABEL_THRESHOLD;
+  self->label_changes_only = DEFAULT_LABEL_CHANGES_ONLY;
+  self->roi_mode = DEFAULT_ROI_MODE;
+  self->max_rois = DEFAULT_MAX_ROIS;
+  self->roi_margin = DEFAULT_ROI_MARGIN;
+  self->change_threshold = DEFAULT_CHANGE_THRESHOLD;
   g_queue_init (&self->asks);
   g_mutex_init (&self->lock);
   g_cond_init (&self->cond);
@@ -384,6 +461,8 @@ gst_cobra_vlm_finalize (GObject * object)
   g_free (self->prompt);
   g_free (self->stream_id);
   g_free (self->caption);
+  g_strfreev (self->labels);
+  g_strfreev (self->roi_types);
   g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
   text_queue_clear (self);
   /* only when the application disposed of the element without setting it to NULL */
@@ -408,6 +487,43 @@ question_is_valid (const gchar * text)
   return FALSE;
 }
 
+/* A comma-separated list: its trimmed items, or NULL for an empty one. */
+static gchar **
+split_list (const gchar * list)
+{
+  gchar **items;
+
+  if (!question_is_valid (list))        /* NULL, blank (or not UTF-8: refused before) */
+    return NULL;
+  items = g_strsplit (list, ",", -1);
+  for (gchar ** i = items; *i; i++)
+    g_strstrip (*i);
+  return items;
+}
+
+/* Why a labels value cannot be used (g_free it), or NULL. Labels the tokenizer cannot encode
+ * are found by the engine on the first frame (with one warning). */
+static gchar *
+labels_invalid (const gchar * list)
+{
+  gchar **items = split_list (list), *why = NULL;
+  guint n = items ? g_strv_length (items) : 0;
+
+  if (list && !g_utf8_validate (list, -1, NULL))
+    why = g_strdup ("not UTF-8 text");
+  else if (n > COBRA_MAX_LABELS)
+    why = g_strdup_printf ("%u labels, more than %d", n, COBRA_MAX_LABELS);
+  for (guint i = 0; i < n && !why; i++) {
+    if (*items[i] == '\0')
+      why = g_strdup_printf ("label %u is empty", i + 1);
+    for (guint j = 0; j < i && !why; j++)
+      if (g_str_equal (items[i], items[j]))
+        why = g_strdup_printf ("\"%s\" is given twice", items[i]);
+  }
+  g_strfreev (items);
+  return why;
+}
+
 /* Properties refused with a reason (posted once the object lock is released). */
 static gboolean
 refuse_property (GstCobraVlm * self, guint prop_id, const GValue * value)
@@ -428,6 +544,18 @@ refuse_property (GstCobraVlm * self, guint prop_id, const GValue * value)
       GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
           ("The prompt must be non-empty UTF-8 text; keeping \"%s\".", self->prompt), (NULL));
       return TRUE;
+    case PROP_LABELS:{
+      gchar *why = labels_invalid (g_value_get_string (value)), *shown;
+
+      if (why == NULL)
+        return FALSE;
+      shown = g_utf8_make_valid (g_value_get_string (value), -1);
+      GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS, ("labels: %s; keeping the labels set "
+              "before.", why), ("refused: %s", shown));
+      g_free (shown);
+      g_free (why);
+      return TRUE;
+    }
     default:
       return FALSE;
   }
@@ -484,6 +612,32 @@ gst_cobra_vlm_set_property (GObject * object, guint prop_id,
     case PROP_TEXT_FORMAT:
       self->text_format = g_value_get_enum (value);
       break;
+    case PROP_LABELS:
+      g_strfreev (self->labels);
+      self->labels = split_list (g_value_get_string (value));
+      break;
+    case PROP_LABEL_THRESHOLD:
+      self->label_threshold = g_value_get_double (value);
+      break;
+    case PROP_LABEL_CHANGES_ONLY:
+      self->label_changes_only = g_value_get_boolean (value);
+      break;
+    case PROP_ROI_MODE:
+      self->roi_mode = g_value_get_boolean (value);
+      break;
+    case PROP_ROI_TYPES:
+      g_strfreev (self->roi_types);
+      self->roi_types = split_list (g_value_get_string (value));
+      break;
+    case PROP_MAX_ROIS:
+      self->max_rois = g_value_get_uint (value);
+      break;
+    case PROP_ROI_MARGIN:
+      self->roi_margin = g_value_get_double (value);
+      break;
+    case PROP_CHANGE_THRESHOLD:
+      self->change_threshold = g_value_get_double (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -538,6 +692,36 @@ gst_cobra_vlm_get_property (GObject * object, guint prop_id, GValue * value,
     case PROP_TEXT_FORMAT:
       g_value_set_enum (value, self->text_format);
       break;
+    case PROP_LABELS:
+      g_value_take_string (value, self->labels ? g_strjoinv (",", self->labels) : NULL);
+      break;
+    case PROP_LABEL_THRESHOLD:
+      g_value_set_double (value, self->label_threshold);
+      break;
+    case PROP_LABEL_CHANGES_ONLY:
+      g_value_set_boolean (value, self->label_changes_only);
+      break;
+    case PROP_ROI_MODE:
+      g_value_set_boolean (value, self->roi_mode);
+      break;
+    case PROP_ROI_TYPES:
+      g_value_take_string (value, self->roi_types ? g_strjoinv (",", self->roi_types) : NULL);
+      break;
+    case PROP_MAX_ROIS:
+      g_value_set_uint (value, self->max_rois);
+      break;
+    case PROP_ROI_MARGIN:
+      g_value_set_double (value, self->roi_margin);
+      break;
+    case PROP_CHANGE_THRESHOLD:
+      g_value_set_double (value, self->change_threshold);
+      break;
+    case PROP_FRAMES_UNCHANGED:
+      g_value_set_uint64 (value, self->frames_unchanged);
+      break;
+    case PROP_ROIS_SKIPPED:
+      g_value_set_uint64 (value, self->rois_skipped);
+      break;
     case PROP_FRAMES_ANALYZED:
       g_value_set_uint64 (value, self->frames_analyzed);
       break;
@@ -573,7 +757,7 @@ gst_cobra_vlm_ask (GstCobraVlm * self, const gchar * question)
     id = ++self->next_request_id;
     if (id == 0)                /* 0 means refused */
       id = ++self->next_request_id;
-    g_queue_push_tail (&self->asks, question_new (question, id));
+    g_queue_push_tail (&self->asks, question_new (question, id, NULL));
   } else {
     self->asks_refused++;
   }
@@ -655,6 +839,19 @@ add_caption_meta (GstBuffer * buf, const GstStructure * result, gboolean fresh)
   gst_structure_set (s, "fresh", G_TYPE_BOOLEAN, fresh, NULL);
 }
 
+/* A region's answer goes to the frame's region of interest with its id, as a parameter named
+ * "cobravlm" (the convention DL Streamer and others read): the very frame with async=false, a
+ * later one with async (detectors that track keep their ids). */
+static void
+attach_to_region (GstBuffer * buf, guint region_id, const GstStructure * result)
+{
+  GstVideoRegionOfInterestMeta *roi =
+      gst_buffer_get_video_region_of_interest_meta_id (buf, (gint) region_id);
+
+  if (roi)
+    gst_video_region_of_interest_meta_add_param (roi, gst_structure_copy (result));
+}
+
 /* Hands the results finished since the last call on: each to the meta of `buf` (when there is
  * one) and, in JSON mode, to text_src at [start, end); the prompt's becomes the caption every
  * later buffer carries. TRUE when the prompt's was among them. */
@@ -671,8 +868,12 @@ publish_results (GstCobraVlm * self, GstBuffer * buf, GstClockTime start, GstClo
   g_mutex_unlock (&self->lock);
 
   while ((result = g_queue_pop_head (&results))) {
+    guint region_id;
+
     if (buf)
       add_caption_meta (buf, result, TRUE);
+    if (buf && gst_structure_get_uint (result, "region-id", &region_id))
+      attach_to_region (buf, region_id, result);
     text_push_result (self, result, start, end);
     if (gst_structure_has_field (result, "request-id")) {
       gst_structure_free (result);
@@ -704,12 +905,70 @@ sample_due (GstCobraVlm * self, GstClockTime running_time)
   return running_time - self->last_sampled >= interval;
 }
 
-/* Starts a job for this frame when the prompt is due or questions wait, and the model is free. */
+/* Change gating: FALSE when the frame looks like the last one analysed (its thumbnail differs
+ * by less than change-threshold); else remembers its thumbnail as the new reference. */
+static gboolean
+scene_changed (GstCobraVlm * self, GstBuffer * buf)
+{
+  guint8 thumb[THUMB_SIDE * THUMB_SIDE];
+  gdouble threshold, diff;
+  GstVideoFrame f;
+
+  GST_OBJECT_LOCK (self);
+  threshold = self->change_threshold;
+  GST_OBJECT_UNLOCK (self);
+  if (threshold <= 0)
+    return TRUE;
+  if (!gst_video_frame_map (&f, &GST_VIDEO_FILTER (self)->in_info, buf, GST_MAP_READ))
+    return TRUE;                /* job_new() says why */
+  frame_thumbnail (&f, thumb);
+  gst_video_frame_unmap (&f);
+  diff = self->has_thumb ? thumbnail_difference (thumb, self->thumb) : G_MAXDOUBLE;
+  GST_LOG_OBJECT (self, "change %.2f (threshold %.2f)", diff, threshold);
+  if (diff < threshold)
+    return FALSE;
+  memcpy (self->thumb, thumb, sizeof thumb);
+  self->has_thumb = TRUE;
+  return TRUE;
+}
+
+/* Region mode: the regions of this frame to ask the prompt about (NULL when off). */
+static GArray *
+regions_of (GstCobraVlm * self, GstBuffer * buf)
+{
+  gchar **types;
+  guint max, skipped;
+  gdouble margin;
+  gboolean on;
+  GArray *regions;
+
+  GST_OBJECT_LOCK (self);
+  on = self->roi_mode;
+  types = g_strdupv (self->roi_types);
+  max = self->max_rois;
+  margin = self->roi_margin;
+  GST_OBJECT_UNLOCK (self);
+  if (!on) {
+    g_strfreev (types);
+    return NULL;
+  }
+  regions = frame_regions (buf, &GST_VIDEO_FILTER (self)->in_info, types, max, margin,
+      &skipped);
+  g_strfreev (types);
+  GST_OBJECT_LOCK (self);
+  self->rois_skipped += skipped;
+  GST_OBJECT_UNLOCK (self);
+  return regions;
+}
+
+/* Starts a job for this frame when the prompt is due (and the scene changed, and in region mode
+ * the frame has regions) or questions wait, and the model is free. */
 static void
 maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
     gint64 arrival_us)
 {
   gboolean due = sample_due (self, running_time), asked, stopping, busy;
+  GArray *regions = NULL;
   Job *job;
 
   GST_OBJECT_LOCK (self);
@@ -735,7 +994,19 @@ maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
     }
     return;
   }
-  job = job_new (self, buf, due, running_time, arrival_us);
+  if (due && !scene_changed (self, buf)) {
+    GST_OBJECT_LOCK (self);
+    self->frames_unchanged++;
+    GST_OBJECT_UNLOCK (self);
+    due = FALSE;
+  }
+  if (due && (regions = regions_of (self, buf)) && regions->len == 0) {
+    g_clear_pointer (&regions, g_array_unref);
+    due = FALSE;
+  }
+  if (!due && !asked)
+    return;
+  job = job_new (self, buf, due, regions, running_time, arrival_us);
   if (job == NULL)
     return;
   if (due)
@@ -807,6 +1078,7 @@ gst_cobra_vlm_sink_event (GstBaseTransform * trans, GstEvent * event)
       break;
     case GST_EVENT_FLUSH_STOP:
       self->last_sampled = GST_CLOCK_TIME_NONE;
+      self->has_thumb = FALSE;
       g_clear_pointer (&self->latest, gst_structure_free);
       g_mutex_lock (&self->lock);
       self->draining = FALSE;
@@ -934,7 +1206,8 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   GST_OBJECT_LOCK (self);
   async = self->async;
   n_threads = self->n_threads;
-  self->frames_analyzed = self->frames_skipped = self->asks_refused = self->text_dropped = 0;
+  self->frames_analyzed = self->frames_skipped = self->frames_unchanged = 0;
+  self->asks_refused = self->text_dropped = self->rois_skipped = 0;
   GST_OBJECT_UNLOCK (self);
 
   self->session = cobra_session_new (self->model, n_threads, &err);
@@ -949,6 +1222,7 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   self->seq = 0;
   self->processing = 0;
   self->last_sampled = GST_CLOCK_TIME_NONE;
+  self->has_thumb = FALSE;
   if (async) {
     self->worker = g_thread_try_new ("cobravlm", worker_main, self, &err);
     if (self->worker == NULL) {
@@ -988,6 +1262,8 @@ gst_cobra_vlm_stop (GstBaseTransform * trans)
   g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
   g_clear_pointer (&self->latest, gst_structure_free);
   g_clear_pointer (&self->truncated_question, g_free);
+  g_clear_pointer (&self->failed_labels, g_free);
+  g_clear_pointer (&self->last_label, g_free);
   post_unanswered_asks (self, "stopped");
   return TRUE;
 }

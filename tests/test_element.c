@@ -6,6 +6,7 @@
 #include <gst/check/gstharness.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -295,6 +296,17 @@ static void assert_same_fields(const GstStructure *meta, const GstStructure *msg
         g_free(b);
     }
     gst_structure_free(m);
+}
+
+/* The text of a buffer, as a string. */
+static char *buffer_text(GstBuffer *buf)
+{
+    GstMapInfo map;
+    char *text;
+    gst_buffer_map(buf, &map, GST_MAP_READ);
+    text = g_strndup((const char *)map.data, map.size);
+    gst_buffer_unmap(buf, &map);
+    return text;
 }
 
 /* The next warning or error on `bus` is a warning whose message contains `text`. */
@@ -1645,6 +1657,225 @@ static void test_stalled_text(void)
     rig_clear(&r);
 }
 
+/* Label mode: the result is the best label with its softmax share, all scores alongside (the
+ * engine's own for the frame); label-threshold and label-changes-only hold results back; bad
+ * label lists are refused with a warning, labels the model cannot take warn once. */
+static void test_labels(void)
+{
+    CobraModel *model = load_model();
+    static const char *labels[] = {"yes", "no", "maybe"};
+    GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, "labels", "yes, no ,maybe",
+                               NULL);
+    GstVideoInfo info;
+    GstStructure *s;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 48, 36);
+    rig_init(&r, vlm, &info, TRUE);
+    GstBuffer *in = make_frame(&info, 9, 0);
+    /* the engine's scores for the same frame */
+    GstVideoFrame f;
+    CobraSession *session = cobra_session_new(model, N_THREADS, NULL);
+    float lp[3];
+    g_assert_true(gst_video_frame_map(&f, &info, in, GST_MAP_READ));
+    CobraImage img = {COBRA_FORMAT_RGB, 48, 36, {GST_VIDEO_FRAME_PLANE_DATA(&f, 0)},
+                      {GST_VIDEO_FRAME_PLANE_STRIDE(&f, 0)}, 0};
+    g_assert_true(cobra_session_set_image(session, &img, NULL));
+    g_assert_true(cobra_session_score_labels(session, "Describe the image.", labels, 3, lp, NULL));
+    gst_video_frame_unmap(&f);
+    cobra_session_free(session);
+    int best = lp[1] > lp[0] ? 1 : 0;
+    best = lp[2] > lp[best] ? 2 : best;
+    double sum = exp(lp[0] - lp[best]) + exp(lp[1] - lp[best]) + exp(lp[2] - lp[best]);
+
+    gst_buffer_unref(push_pull(&r, in));
+    s = next_result(r.bus, 0);
+    g_assert_nonnull(s);
+    g_assert_cmpstr(gst_structure_get_string(s, "label"), ==, labels[best]);
+    g_assert_cmpstr(gst_structure_get_string(s, "text"), ==, labels[best]);
+    g_assert_cmpstr(gst_structure_get_string(s, "stop-reason"), ==, "label");
+    double confidence = 0;
+    g_assert_true(gst_structure_get_double(s, "confidence", &confidence));
+    g_assert_cmpfloat_with_epsilon(confidence, 1 / sum, 1e-6);
+    const GValue *names = gst_structure_get_value(s, "labels"), *scores = gst_structure_get_value(s, "scores");
+    g_assert_cmpuint(gst_value_array_get_size(names), ==, 3);
+    for (guint i = 0; i < 3; i++) {
+        g_assert_cmpstr(g_value_get_string(gst_value_array_get_value(names, i)), ==, labels[i]);
+        g_assert_cmpfloat(g_value_get_double(gst_value_array_get_value(scores, i)), ==, lp[i]);
+    }
+    gst_structure_free(s);
+    /* text mode carries the label */
+    GstBuffer *text = gst_harness_pull(r.text);
+    char *t = buffer_text(text);
+    g_assert_cmpstr(t, ==, labels[best]);
+    g_free(t);
+    gst_buffer_unref(text);
+
+    /* the same frame again: changes-only holds it back; a threshold above it too */
+    g_object_set(vlm, "label-changes-only", TRUE, NULL);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 9, GST_SECOND)));
+    g_assert_null(next_result(r.bus, 0));
+    g_object_set(vlm, "label-changes-only", FALSE, "label-threshold", MIN(1.0, 1 / sum + 0.01), NULL);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 9, 2 * GST_SECOND)));
+    g_assert_null(next_result(r.bus, 0));
+    g_object_set(vlm, "label-threshold", 0.0, NULL);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 9, 3 * GST_SECOND)));
+    s = next_result(r.bus, 0);
+    g_assert_nonnull(s);
+    gst_structure_free(s);
+
+    /* refused lists keep the labels set before */
+    static const char *bad[] = {"yes,,no", "yes,no,yes", "\xff"};
+    for (guint i = 0; i < G_N_ELEMENTS(bad); i++) {
+        char *now;
+        g_object_set(vlm, "labels", bad[i], NULL);
+        expect_warning(r.bus, "labels: ");
+        g_object_get(vlm, "labels", &now, NULL);
+        g_assert_cmpstr(now, ==, "yes,no,maybe");
+        g_free(now);
+    }
+    /* a label with a token the model has no embedding for: one warning for many frames */
+    g_object_set(vlm, "labels", "yes,RWKV", NULL);
+    for (guint i = 0; i < 3; i++)
+        gst_buffer_unref(push_pull(&r, make_frame(&info, i, (4 + i) * GST_SECOND)));
+    expect_warning(r.bus, "Could not score the labels");
+    g_assert_null(gst_bus_pop_filtered(r.bus, GST_MESSAGE_WARNING));
+    /* empty = generate again */
+    g_object_set(vlm, "labels", "", NULL);
+    while ((s = next_result(r.bus, 0)))
+        gst_structure_free(s);
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 9, 8 * GST_SECOND)));
+    s = next_result(r.bus, 0);
+    g_assert_false(gst_structure_has_field(s, "label"));
+    gst_structure_free(s);
+    rig_clear(&r);
+    cobra_model_free(model);
+}
+
+/* The engine's answer about the part of a frame inside a box, from a copy cut out in RGB. */
+static char *crop_answer(CobraModel *model, const GstVideoInfo *info, GstBuffer *buf, int x, int y,
+                         int w, int h)
+{
+    GstVideoFrame f;
+    GstVideoInfo crop_info;
+    g_assert_true(gst_video_frame_map(&f, info, buf, GST_MAP_READ));
+    gst_video_info_set_format(&crop_info, GST_VIDEO_FORMAT_RGB, w, h);
+    GstBuffer *crop = gst_buffer_new_allocate(NULL, GST_VIDEO_INFO_SIZE(&crop_info), NULL);
+    GstVideoFrame cf;
+    g_assert_true(gst_video_frame_map(&cf, &crop_info, crop, GST_MAP_WRITE));
+    for (int row = 0; row < h; row++)
+        memcpy((guint8 *)GST_VIDEO_FRAME_PLANE_DATA(&cf, 0) + row * GST_VIDEO_FRAME_PLANE_STRIDE(&cf, 0),
+               (guint8 *)GST_VIDEO_FRAME_PLANE_DATA(&f, 0) + (y + row) * GST_VIDEO_FRAME_PLANE_STRIDE(&f, 0) + x * 3,
+               (gsize)w * 3);
+    gst_video_frame_unmap(&cf);
+    gst_video_frame_unmap(&f);
+    char *answer = engine_answer(model, &crop_info, crop, "Describe the image.", NULL);
+    gst_buffer_unref(crop);
+    return answer;
+}
+
+/* Region mode: one answer per region of interest, the engine's for that crop, attached to the
+ * region's own meta as a "cobravlm" parameter; boxes outside the frame are clamped, empty ones
+ * skipped and counted, types filtered; a frame without regions is not analysed. */
+static void test_regions(void)
+{
+    CobraModel *model = load_model();
+    GstElement *vlm = make_vlm("async", FALSE, "roi-mode", TRUE, "roi-types", "car, person", NULL);
+    GstVideoInfo info;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_RGB, 96, 64);
+    rig_init(&r, vlm, &info, FALSE);
+    GstBuffer *in = make_frame(&info, 6, 0);
+    struct { const char *type; int x, y, w, h; int cx, cy, cw, ch; } boxes[] = {
+        {"car", 5, 7, 40, 30, 5, 7, 40, 30},
+        {"person", 70, 40, 50, 50, 70, 40, 26, 24}, /* clamped to the frame */
+        {"dog", 0, 0, 20, 20, 0, 0, 0, 0},          /* not a wanted type */
+        {"car", 200, 10, 10, 10, 0, 0, 0, 0},       /* outside: skipped */
+        {"car", 10, 10, 0, 5, 0, 0, 0, 0},          /* empty: skipped */
+    };
+    for (guint i = 0; i < G_N_ELEMENTS(boxes); i++) {
+        GstVideoRegionOfInterestMeta *m = gst_buffer_add_video_region_of_interest_meta(
+            in, boxes[i].type, boxes[i].x, boxes[i].y, boxes[i].w, boxes[i].h);
+        m->id = 100 + i;
+    }
+    char *want[2] = {crop_answer(model, &info, in, 5, 7, 40, 30),
+                     crop_answer(model, &info, in, 70, 40, 26, 24)};
+    GstBuffer *out = push_pull(&r, in);
+    for (guint i = 0; i < 2; i++) {
+        GstStructure *s = next_result(r.bus, 0);
+        g_assert_nonnull(s);
+        g_assert_cmpuint(get_uint(s, "region-id"), ==, 100 + i);
+        g_assert_cmpstr(gst_structure_get_string(s, "region-type"), ==, boxes[i].type);
+        int v;
+        g_assert_true(gst_structure_get_int(s, "region-x", &v) && v == boxes[i].cx);
+        g_assert_true(gst_structure_get_int(s, "region-y", &v) && v == boxes[i].cy);
+        g_assert_true(gst_structure_get_int(s, "region-width", &v) && v == boxes[i].cw);
+        g_assert_true(gst_structure_get_int(s, "region-height", &v) && v == boxes[i].ch);
+        g_assert_cmpstr(gst_structure_get_string(s, "text"), ==, want[i]);
+        GstVideoRegionOfInterestMeta *m = gst_buffer_get_video_region_of_interest_meta_id(out, 100 + i);
+        g_assert_nonnull(m);
+        GstStructure *param = gst_video_region_of_interest_meta_get_param(m, "cobravlm");
+        g_assert_nonnull(param);
+        g_assert_cmpstr(gst_structure_get_string(param, "text"), ==, want[i]);
+        gst_structure_free(s);
+        g_free(want[i]);
+    }
+    g_assert_null(next_result(r.bus, 0));
+    g_assert_null(gst_video_region_of_interest_meta_get_param(
+        gst_buffer_get_video_region_of_interest_meta_id(out, 102), "cobravlm"));
+    g_assert_cmpuint(get_counter(vlm, "rois-skipped"), ==, 2);
+    gst_buffer_unref(out);
+    /* no regions: nothing to analyse */
+    gst_buffer_unref(push_pull(&r, make_frame(&info, 7, 2 * GST_SECOND)));
+    g_assert_null(next_result(r.bus, 0));
+    g_assert_cmpuint(get_counter(vlm, "frames-analyzed"), ==, 1);
+    rig_clear(&r);
+
+    /* subsampled formats: the crop's corner moves onto the chroma grid */
+    vlm = make_vlm("async", FALSE, "roi-mode", TRUE, NULL);
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, 64, 48);
+    rig_init(&r, vlm, &info, FALSE);
+    in = make_frame(&info, 8, 0);
+    gst_buffer_add_video_region_of_interest_meta(in, "x", 7, 5, 30, 21)->id = 1;
+    out = push_pull(&r, in);
+    GstStructure *s = next_result(r.bus, 0);
+    g_assert_nonnull(s);
+    g_assert_nonnull(gst_video_region_of_interest_meta_get_param(
+        gst_buffer_get_video_region_of_interest_meta_id(out, 1), "cobravlm"));
+    gst_structure_free(s);
+    gst_buffer_unref(out);
+    rig_clear(&r);
+    cobra_model_free(model);
+}
+
+/* Change gating: a still scene is analysed once while frames keep flowing (the meta keeps the
+ * answer), a change is analysed at once, and skipped-as-unchanged frames are counted apart
+ * from frames skipped while busy. */
+static void test_change_gating(void)
+{
+    GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, "change-threshold", 2.0, NULL);
+    GstVideoInfo info;
+    Rig r;
+
+    gst_video_info_set_format(&info, GST_VIDEO_FORMAT_I420, 64, 48);
+    rig_init(&r, vlm, &info, FALSE);
+    for (guint i = 0; i < 20; i++) {
+        GstBuffer *out = push_pull(&r, make_frame(&info, 3, i * 40 * GST_MSECOND));
+        g_assert_nonnull(caption(out));
+        g_assert_cmpint(is_fresh(out), ==, i == 0);
+        gst_buffer_unref(out);
+    }
+    g_assert_cmpuint(get_counter(vlm, "frames-analyzed"), ==, 1);
+    g_assert_cmpuint(get_counter(vlm, "frames-unchanged"), ==, 19);
+    GstBuffer *out = push_pull(&r, make_frame(&info, 11, 20 * 40 * GST_MSECOND));
+    g_assert_true(is_fresh(out));
+    gst_buffer_unref(out);
+    g_assert_cmpuint(get_counter(vlm, "frames-analyzed"), ==, 2);
+    g_assert_cmpuint(get_counter(vlm, "frames-skipped"), ==, 0);
+    rig_clear(&r);
+}
+
 /* A question longer than the model's context is cut to fit with one warning, not an error. */
 static void test_long_prompt(void)
 {
@@ -1762,17 +1993,6 @@ static GstFlowReturn collect_sample(GstAppSink *sink, gpointer data)
     g_ptr_array_add(c->buffers, gst_buffer_ref(gst_sample_get_buffer(sample)));
     gst_sample_unref(sample);
     return GST_FLOW_OK;
-}
-
-/* The text of a buffer, as a string. */
-static char *buffer_text(GstBuffer *buf)
-{
-    GstMapInfo map;
-    char *text;
-    gst_buffer_map(buf, &map, GST_MAP_READ);
-    text = g_strndup((const char *)map.data, map.size);
-    gst_buffer_unmap(buf, &map);
-    return text;
 }
 
 /* Demuxes `file` with `demux`: its video frames' count and its subtitle buffers. */
@@ -1997,6 +2217,9 @@ int main(int argc, char **argv)
     g_test_add_func("/element/sync-latency", test_sync_latency);
     g_test_add_func("/element/refusals", test_refusals);
     g_test_add_func("/element/stalled-text", test_stalled_text);
+    g_test_add_func("/element/labels", test_labels);
+    g_test_add_func("/element/regions", test_regions);
+    g_test_add_func("/element/change-gating", test_change_gating);
     g_test_add_data_func("/element/textoverlay/sync", GINT_TO_POINTER(FALSE), test_textoverlay);
     g_test_add_data_func("/element/textoverlay/async", GINT_TO_POINTER(TRUE), test_textoverlay);
     static const MuxCase mux_cases[] = {
