@@ -860,6 +860,8 @@ run_job_locked (GstCobraVlm * self, Job * job)
 {
   self->busy = TRUE;
   self->cancelled = FALSE;
+  /* The engine's cancel is sticky now: clear the last job's before starting this one. */
+  cobra_session_resume (self->session);
   g_mutex_unlock (&self->lock);
   run_job (self, job);
   job_free (job);

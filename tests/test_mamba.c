@@ -98,12 +98,12 @@ static void run_sequence(Lm *lm, const float *x, int n, gboolean stepwise, float
     const int d = lm->m.d_model;
     mamba_state_reset(&lm->state, &lm->m);
     if (!stepwise) {
-        mamba_forward(&lm->m, &lm->state, x, n, hidden, logits, lm->buf, &lm->ws);
+        mamba_forward(&lm->m, &lm->state, x, n, hidden, logits, lm->buf, &lm->ws, NULL);
         return;
     }
     for (int t = 0; t < n; t++)
         mamba_forward(&lm->m, &lm->state, x + (size_t)t * d, 1, hidden + (size_t)t * d,
-                      t == n - 1 ? logits : NULL, lm->buf, &lm->ws);
+                      t == n - 1 ? logits : NULL, lm->buf, &lm->ws, NULL);
 }
 
 static int argmax(const float *v, int n)
@@ -247,7 +247,7 @@ static void test_greedy(void)
         const int32_t next = argmax(logits, V);
         g_assert_cmpint(next, ==, gen_ref[s]);
         mamba_embed(&lm.m, &next, 1, emb);
-        mamba_forward(&lm.m, &lm.state, emb, 1, NULL, logits, lm.buf, &lm.ws);
+        mamba_forward(&lm.m, &lm.state, emb, 1, NULL, logits, lm.buf, &lm.ws, NULL);
     }
     g_test_message("top-5 logits over %d steps: worst relative error %.3g", steps, worst);
     g_assert_cmpfloat(worst, <=, TOL);
@@ -276,14 +276,16 @@ static void test_snapshot(void)
     float *a = g_new(float, V), *b = g_new(float, V);
 
     mamba_state_reset(&lm.state, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x, split, NULL, NULL, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x, split, NULL, NULL, lm.buf, &lm.ws, NULL);
     mamba_state_copy(&snap, &lm.state, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, a, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, a, lm.buf, &lm.ws,
+                  NULL);
     /* Something else in between, then back to the snapshot. */
-    mamba_forward(&lm.m, &lm.state, x, n, NULL, b, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x, n, NULL, b, lm.buf, &lm.ws, NULL);
     g_assert_true(memcmp(a, b, V * sizeof(float)) != 0);
     mamba_state_copy(&lm.state, &snap, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, b, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, b, lm.buf, &lm.ws,
+                  NULL);
     g_assert_cmpmem(a, V * sizeof(float), b, V * sizeof(float));
 
     /* The split prefill equals the golden one-sequence logits. */

@@ -66,7 +66,7 @@ static float *run_tower(Model *m, const Vit *vit, const char *pixels_npy)
     assert_shape(pixels_npy, &px, 3, px_shape);
     float *out = g_new(float, (size_t)vit->grid * vit->grid * vit->dim);
     VitBuffers *b = vit_buffers_new(vit);
-    vit_forward(vit, px.data, out, b, &m->ws);
+    vit_forward(vit, px.data, out, b, &m->ws, NULL);
     vit_buffers_free(b);
     npy_free(&px);
     return out;
@@ -313,7 +313,7 @@ static void check_altered(Model *m, const Vit *tower, int n_heads, int grid, int
     const size_t n_out = (size_t)grid * grid * C;
     float *got = g_new(float, n_out), *ref = g_new(float, n_out);
     VitBuffers *b = vit_buffers_new(&v);
-    vit_forward(&v, pixels, got, b, &m->ws);
+    vit_forward(&v, pixels, got, b, &m->ws, NULL);
     vit_buffers_free(b);
     ref_vit(&v, pixels, ref);
     char *what = g_strdup_printf("%s: %d heads of %d, grid %d (S %d), %d blocks, %d cls + %d reg, "
