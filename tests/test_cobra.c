@@ -267,12 +267,47 @@ static void test_bad_requests(void)
     cobra_model_free(m);
 }
 
+static char *golden_text(void)
+{
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *text = g_strstrip(test_json_string(manifest, "generated_text"));
+    g_free(manifest);
+    return text;
+}
+
+/* The golden question about the golden image must get the golden answer. */
+static void assert_golden_answer(CobraSession *s)
+{
+    GError *err = NULL;
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    g_assert_no_error(err);
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = golden_n_generated();
+    char *q = golden_question(), *expected = golden_text();
+    char *answer = cobra_session_ask(s, q, &p, NULL, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_cmpstr(answer, ==, expected);
+    g_free(answer);
+    g_free(expected);
+    g_free(q);
+    npy_free(&a);
+}
+
+static void assert_cancelled(GError **err)
+{
+    g_assert_error(*err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
+    g_clear_error(err);
+}
+
 typedef struct {
     CobraSession *session;
     int n;
 } CancelAt;
 
-static gboolean cancel_after_two(const char *piece, int id, void *user_data)
+static gboolean cancel_at_token(const char *piece, int id, void *user_data)
 {
     CancelAt *c = user_data;
     if (++c->n == 2)
@@ -285,6 +320,8 @@ static gboolean stop_after_three(const char *piece, int id, void *user_data)
     return ++*(int *)user_data < 3;
 }
 
+/* Cancel is sticky: a cancel before a call fails it at once, and every call fails until
+ * resume; after resume the session answers as if nothing had happened. */
 static void test_cancel(void)
 {
     CobraModel *m = load_model("f32");
@@ -296,30 +333,307 @@ static void test_cancel(void)
     cobra_params_init(&p);
     p.max_tokens = 20;
 
-    /* A cancel while idle stops the next call only. */
     cobra_session_cancel(s);
     g_assert_false(cobra_session_set_image(s, &img, &err));
-    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
-    g_clear_error(&err);
+    assert_cancelled(&err);
+    g_assert_false(cobra_session_set_image(s, &img, &err));
+    assert_cancelled(&err);
+    g_assert_null(cobra_session_ask(s, "What is it?", &p, NULL, NULL, &err));
+    assert_cancelled(&err);
+    cobra_session_resume(s);
     g_assert_true(cobra_session_set_image(s, &img, &err));
-
-    /* A cancel during generation (here from the token callback) stops it. */
-    CancelAt c = {s, 0};
-    g_assert_null(cobra_session_ask(s, "What is it?", &p, cancel_after_two, &c, &err));
-    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_CANCELLED);
-    g_clear_error(&err);
-    g_assert_cmpint(c.n, ==, 2);
-
-    /* Returning FALSE from the callback ends the answer early, without an error. */
-    int n = 0;
-    char *answer = cobra_session_ask(s, "What is it?", &p, stop_after_three, &n, &err);
     g_assert_no_error(err);
-    g_assert_nonnull(answer);
-    g_assert_cmpint(n, ==, 3);
-    g_free(answer);
+
+    /* The yes/no case: one token, so no decode step follows the prompt; the cancel must still
+     * be seen (it used to be lost, and the call returned text). */
+    CobraParams one = p;
+    one.max_tokens = 1;
+    cobra_session_cancel(s);
+    g_assert_null(cobra_session_ask(s, "What is it?", &one, NULL, NULL, &err));
+    assert_cancelled(&err);
+    cobra_session_resume(s);
+    /* ... and also when it lands while the only token is being reported. */
+    CancelAt c = {s, 1};
+    g_assert_null(cobra_session_ask(s, "What is it?", &one, cancel_at_token, &c, &err));
+    assert_cancelled(&err);
+    g_assert_null(cobra_session_ask(s, "What is it?", &one, NULL, NULL, &err));
+    assert_cancelled(&err);
+    cobra_session_resume(s);
+
+    /* A cancel during generation stops it before the next token, and stays. */
+    c = (CancelAt){s, 0};
+    g_assert_null(cobra_session_ask(s, "What is it?", &p, cancel_at_token, &c, &err));
+    assert_cancelled(&err);
+    g_assert_cmpint(c.n, ==, 2);
+    g_assert_null(cobra_session_ask(s, "What is it?", &p, NULL, NULL, &err));
+    assert_cancelled(&err);
+    cobra_session_resume(s);
+    assert_golden_answer(s);
     npy_free(&a);
     cobra_session_free(s);
     cobra_model_free(m);
+}
+
+/* Another thread that cancels the session once told to go. */
+typedef struct {
+    CobraSession *session;
+    GMutex lock;
+    GCond cond;
+    gboolean go, done;
+} Canceller;
+
+static gpointer canceller_main(gpointer data)
+{
+    Canceller *c = data;
+    g_mutex_lock(&c->lock);
+    while (!c->go)
+        g_cond_wait(&c->cond, &c->lock);
+    g_mutex_unlock(&c->lock);
+    cobra_session_cancel(c->session);
+    g_mutex_lock(&c->lock);
+    c->done = TRUE;
+    g_cond_broadcast(&c->cond);
+    g_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* The first call starts the other thread's cancel and returns at once; later calls wait until
+ * it is done, so it lands inside the running call wherever that is (inside a tower or a layer,
+ * or before a later check). */
+static void canceller_step(Canceller *c)
+{
+    g_mutex_lock(&c->lock);
+    if (!c->go) {
+        c->go = TRUE;
+        g_cond_broadcast(&c->cond);
+    } else {
+        while (!c->done)
+            g_cond_wait(&c->cond, &c->lock);
+    }
+    g_mutex_unlock(&c->lock);
+}
+
+static void step_on_tensor(const char *name, const char *dtype, const int64_t *shape, int n_dims,
+                           const void *data, void *user_data)
+{
+    canceller_step(user_data);
+}
+
+static gboolean step_on_token(const char *piece, int id, void *user_data)
+{
+    canceller_step(user_data);
+    return TRUE;
+}
+
+static GThread *canceller_start(Canceller *c, CobraSession *s)
+{
+    *c = (Canceller){.session = s};
+    g_mutex_init(&c->lock);
+    g_cond_init(&c->cond);
+    return g_thread_new("canceller", canceller_main, c);
+}
+
+static void canceller_join(Canceller *c, GThread *t)
+{
+    g_thread_join(t);
+    g_mutex_clear(&c->lock);
+    g_cond_clear(&c->cond);
+}
+
+static void test_cancel_from_thread(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    Canceller c;
+
+    /* during set_image: the first intermediate (the resized frame) sets the other thread off */
+    GThread *t = canceller_start(&c, s);
+    cobra_session_set_tensor_callback(s, step_on_tensor, &c);
+    g_assert_false(cobra_session_set_image(s, &img, &err));
+    assert_cancelled(&err);
+    canceller_join(&c, t);
+    cobra_session_set_tensor_callback(s, NULL, NULL);
+    cobra_session_resume(s);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+
+    /* during ask: the first token sets it off */
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = golden_n_generated();
+    t = canceller_start(&c, s);
+    g_assert_null(cobra_session_ask(s, "What is it?", &p, step_on_token, &c, &err));
+    assert_cancelled(&err);
+    canceller_join(&c, t);
+    cobra_session_resume(s);
+    assert_golden_answer(s);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+/* The stop reason says which limit ended the answer. */
+static void test_stop_reason(void)
+{
+    CobraModel *m = load_model("f32");
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 0, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    CobraParams p;
+    cobra_params_init(&p);
+    CobraTimings t;
+
+    p.max_tokens = 1;
+    g_free(cobra_session_ask(s, "What is it?", &p, NULL, NULL, &err));
+    g_assert_no_error(err);
+    cobra_session_get_timings(s, &t);
+    g_assert_cmpint(t.stop_reason, ==, COBRA_STOP_MAX_TOKENS);
+    g_assert_cmpint(t.n_generated, ==, 1);
+
+    p.max_tokens = 20;
+    int n = 0;
+    g_free(cobra_session_ask(s, "What is it?", &p, stop_after_three, &n, &err));
+    g_assert_no_error(err);
+    cobra_session_get_timings(s, &t);
+    g_assert_cmpint(t.stop_reason, ==, COBRA_STOP_CALLBACK);
+    g_assert_cmpint(t.n_generated, ==, 3);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_model_free(m);
+}
+
+/* ---- damaged copies of the tiny model ---- */
+
+/* A copy of the tiny f32 model in a new directory with the value of metadata `key` (a scalar, or
+ * the first elements of an array) overwritten by the n bytes at `value`. */
+static char *patched_model(const char *key, const void *value, size_t n)
+{
+    char *src = test_model_path("f32"), *bytes;
+    gsize len;
+    g_assert_true(g_file_get_contents(src, &bytes, &len, NULL));
+    /* the key as stored: u64 length, the text, then the u32 value type */
+    uint64_t klen = strlen(key);
+    GString *needle = g_string_new_len((const char *)&klen, 8);
+    g_string_append(needle, key);
+    char *hit = memmem(bytes, len, needle->str, needle->len);
+    g_assert_nonnull(hit);
+    char *v = hit + needle->len;
+    uint32_t type;
+    memcpy(&type, v, 4);
+    v += 4 + (type == 9 ? 4 + 8 : 0); /* an array: element type and count first */
+    memcpy(v, value, n);
+    char *dir = g_dir_make_tmp("cobra-test-XXXXXX", NULL);
+    char *path = g_build_filename(dir, "patched.gguf", NULL);
+    g_assert_true(g_file_set_contents(path, bytes, (gssize)len, NULL));
+    g_string_free(needle, TRUE);
+    g_free(dir);
+    g_free(bytes);
+    g_free(src);
+    return path;
+}
+
+static void remove_model(char *path)
+{
+    char *dir = g_path_get_dirname(path);
+    g_unlink(path);
+    g_rmdir(dir);
+    g_free(dir);
+    g_free(path);
+}
+
+/* Loading the copy fails with a FORMAT error whose message holds every string in `expect`. */
+static void expect_load_error(char *path, const char *const *expect)
+{
+    GError *err = NULL;
+    g_assert_null(cobra_model_load(path, &err));
+    g_assert_error(err, COBRA_ERROR, COBRA_ERROR_FORMAT);
+    g_test_message("%s", err->message);
+    g_assert_nonnull(strstr(err->message, path));
+    for (; *expect; expect++)
+        if (!strstr(err->message, *expect))
+            g_test_fail_printf("'%s' does not mention '%s'", err->message, *expect);
+    g_error_free(err);
+    remove_model(path);
+}
+
+/* The template's own tokens (the prompt of an empty question, less its question) */
+static int template_tokens(CobraModel *m)
+{
+    GError *err = NULL;
+    CobraSession *s = cobra_session_new(m, 1, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 1;
+    /* "a" is one token in GPT-NeoX's vocabulary (checked here through the tokenizer) */
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    g_assert_true(cobra_model_tokenize(m, "a", ids, &err));
+    g_assert_cmpuint(ids->len, ==, 1);
+    g_array_unref(ids);
+    g_free(cobra_session_ask(s, "a", &p, NULL, NULL, &err));
+    g_assert_no_error(err);
+    CobraTimings t;
+    cobra_session_get_timings(s, &t);
+    npy_free(&a);
+    cobra_session_free(s);
+    return t.n_prompt_tokens - 1;
+}
+
+/* Values that used to be accepted or blamed on the wrong key. */
+static void test_bad_metadata(void)
+{
+    float inf = INFINITY, nan_ = NAN, zero = 0;
+    expect_load_error(patched_model("clip.dino.image_mean", &inf, 4),
+                      (const char *[]){"'clip.dino.image_mean'", "inf", NULL});
+    expect_load_error(patched_model("clip.siglip.image_mean", &nan_, 4),
+                      (const char *[]){"'clip.siglip.image_mean'", NULL});
+    expect_load_error(patched_model("clip.dino.image_std", &zero, 4),
+                      (const char *[]){"'clip.dino.image_std'", "positive", NULL});
+
+    /* A context that cannot hold the template and one question token. */
+    CobraModel *m = load_model("f32");
+    int n_template = template_tokens(m);
+    cobra_model_free(m);
+    g_assert_cmpint(n_template, >, 1);
+    char *n_str = g_strdup_printf("%d", n_template);
+    uint32_t contexts[] = {0, 1, (uint32_t)n_template};
+    for (size_t i = 0; i < G_N_ELEMENTS(contexts); i++) {
+        char *ctx_str = g_strdup_printf("(%u)", contexts[i]);
+        expect_load_error(patched_model("mamba.context_length", &contexts[i], 4),
+                          (const char *[]){"'cobra.prompt_template'", "'mamba.context_length'",
+                                           n_str, ctx_str, NULL});
+        g_free(ctx_str);
+    }
+    /* One more token is enough: the question is cut to one token, and said so. */
+    uint32_t tight = (uint32_t)n_template + 1;
+    char *path = patched_model("mamba.context_length", &tight, 4);
+    GError *err = NULL;
+    m = cobra_model_load(path, &err);
+    g_assert_no_error(err);
+    CobraSession *s = cobra_session_new(m, 1, &err);
+    Npy a;
+    CobraImage img = golden_image(&a);
+    g_assert_true(cobra_session_set_image(s, &img, &err));
+    CobraParams p;
+    cobra_params_init(&p);
+    p.max_tokens = 1;
+    g_free(cobra_session_ask(s, "a b c d", &p, NULL, NULL, &err));
+    g_assert_no_error(err);
+    CobraTimings t;
+    cobra_session_get_timings(s, &t);
+    g_assert_cmpint(t.n_prompt_tokens, ==, (int)tight);
+    g_assert_cmpint(t.n_prompt_truncated, ==, 3);
+    npy_free(&a);
+    cobra_session_free(s);
+    cobra_model_free(m);
+    remove_model(path);
+    g_free(n_str);
 }
 
 /* Quantised models are judged on the logits after the prompt: close, same top-1. */
@@ -496,6 +810,9 @@ int main(int argc, char **argv)
     g_test_add_func("/cobra/questions-share-image", test_questions_share_image);
     g_test_add_func("/cobra/bad-requests", test_bad_requests);
     g_test_add_func("/cobra/cancel", test_cancel);
+    g_test_add_func("/cobra/cancel-from-thread", test_cancel_from_thread);
+    g_test_add_func("/cobra/stop-reason", test_stop_reason);
+    g_test_add_func("/cobra/bad-metadata", test_bad_metadata);
     g_test_add_func("/cobra/f16", test_f16);
     g_test_add_func("/cobra/q8_0", test_q8_0);
     g_test_add_func("/cobra/model-errors", test_model_errors);
