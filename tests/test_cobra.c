@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cobra.h"
@@ -965,18 +966,34 @@ static void test_cli(void)
     g_free(model);
 }
 
-/* Runs `cobra-cli -m MODEL FLAG` with `input` on stdin; returns its stdout. */
-static char *cli_filter(const char *flag, const char *input)
+/* Runs `cobra-cli -m MODEL FLAG` with the n bytes of `input` on stdin; returns its exit status,
+ * its stdout in *out and its stderr in *err. */
+static int run_cli_stdin(const char *flag, const char *input, size_t n, char **out, char **err)
 {
     char *model = test_model_path("f32");
-    const char *argv[] = {"/bin/sh", "-c", "printf %s \"$3\" | \"$0\" -m \"$1\" $2",
-                          g_getenv("COBRA_CLI"), model, flag, input, NULL};
-    char *out = NULL;
+    char *dir = g_dir_make_tmp("cobra-cli-XXXXXX", NULL);
+    char *in = g_build_filename(dir, "stdin", NULL);
+    g_assert_true(g_file_set_contents(in, input, (gssize)n, NULL));
+    const char *argv[] = {"/bin/sh", "-c", "exec \"$0\" -m \"$1\" $2 < \"$3\"",
+                          g_getenv("COBRA_CLI"), model, flag, in, NULL};
     int status;
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out,
-                               NULL, &status, NULL));
-    g_assert_true(g_spawn_check_wait_status(status, NULL));
+    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, out, err,
+                               &status, NULL));
+    g_unlink(in);
+    g_rmdir(dir);
+    g_free(in);
+    g_free(dir);
     g_free(model);
+    g_assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* Runs `cobra-cli -m MODEL FLAG` with `input` on stdin, expecting success; returns its stdout. */
+static char *cli_filter(const char *flag, const char *input)
+{
+    char *out, *err;
+    g_assert_cmpint(run_cli_stdin(flag, input, strlen(input), &out, &err), ==, 0);
+    g_free(err);
     return out;
 }
 
@@ -1003,6 +1020,99 @@ static void test_cli_tokenize(void)
     g_free(manifest);
 }
 
+/* A NUL on stdin is not silently the end of the text. */
+static void test_cli_tokenize_nul(void)
+{
+    char *out, *err;
+    g_assert_cmpint(run_cli_stdin("--tokenize", "abc\0def", 7, &out, &err), !=, 0);
+    g_test_message("%s", err);
+    g_assert_cmpstr(out, ==, "");
+    g_assert_nonnull(strstr(err, "NUL byte at offset 3"));
+    g_free(out);
+    g_free(err);
+}
+
+/* --detokenize takes integers, bare or in one pair of brackets, separated by commas or space;
+ * anything else is refused with exit status 2, naming what it could not read. */
+static void test_cli_detokenize_strict(void)
+{
+    char *hello = cli_filter("--detokenize", "[12092, 13]");
+    static const char *same[] = {"12092 13", "12092,13", " [ 12092 ,\n13 ]\n", "12092, 13"};
+    for (size_t i = 0; i < G_N_ELEMENTS(same); i++) {
+        char *text = cli_filter("--detokenize", same[i]);
+        g_assert_cmpstr(text, ==, hello);
+        g_free(text);
+    }
+    char *empty = cli_filter("--detokenize", "[]");
+    g_assert_cmpstr(empty, ==, "");
+    static const struct {
+        const char *input, *named;
+    } bad[] = {
+        {"[1,2", "bracket"}, {"1,2]", "bracket"}, {"1e5", "'1e5'"}, {"[1, x]", "'x'"},
+        {"-1", "'-1'"},      {"1.0", "'1.0'"},    {"2147483648", "'2147483648'"},
+        {"[[1]]", "'[1]'"},   {"0x10", "'0x10'"},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        char *out, *err;
+        int status = run_cli_stdin("--detokenize", bad[i].input, strlen(bad[i].input), &out, &err);
+        g_test_message("%s -> %d: %s", bad[i].input, status, err);
+        g_assert_cmpint(status, ==, 2);
+        g_assert_cmpstr(out, ==, "");
+        if (!strstr(err, bad[i].named))
+            g_test_fail_printf("'%s': the error '%s' does not name %s", bad[i].input, err,
+                               bad[i].named);
+        g_free(out);
+        g_free(err);
+    }
+    g_free(empty);
+    g_free(hello);
+}
+
+/* Crafted .npy headers: each is refused with an error, none is read past its end. The ASan build
+ * of this test catches an overread: the header that ends right after 'descr':'< (with the other
+ * keys before it) was read two bytes past its copy. */
+static void test_npy_headers(void)
+{
+    static const char *headers[] = {
+        "{'descr':'<",
+        "{'descr':'",
+        "{'descr':'<f",
+        "{'descr':'<f4",
+        "{'descr':'<f4', 'fortran_order': False, 'shape': (",
+        "{'descr':'<f4', 'fortran_order': False, 'shape': (2,",
+        "{'descr':'<f4', 'fortran_order': False, 'shape': (-2,), }",
+        "{'descr':'<f4', 'fortran_order': False, 'shape': (4611686018427387904, 8), }",
+        "{'descr':'<f4', 'fortran_order': False, 'shape': (1,1,1,1,1,1,1,1,1), }",
+        "{'descr':'<f4', 'fortran_order': True, 'shape': (2,), }",
+        "{'descr':'>f4', 'fortran_order': False, 'shape': (2,), }",
+        "{'descr':'<c8', 'fortran_order': False, 'shape': (2,), }",
+        "{'fortran_order': False, 'shape': (2,), 'descr':'<",
+        "",
+    };
+    char *dir = g_dir_make_tmp("cobra-npy-XXXXXX", NULL);
+    char *path = g_build_filename(dir, "a.npy", NULL);
+    for (size_t i = 0; i < G_N_ELEMENTS(headers); i++) {
+        size_t n = strlen(headers[i]);
+        /* the header sits exactly at the end of the file: nothing after it to run into */
+        GByteArray *file = g_byte_array_new();
+        uint8_t pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (uint8_t)n, (uint8_t)(n >> 8)};
+        g_byte_array_append(file, pre, 10);
+        g_byte_array_append(file, (const uint8_t *)headers[i], (guint)n);
+        g_assert_true(g_file_set_contents(path, (const char *)file->data, file->len, NULL));
+        Npy a;
+        GError *err = NULL;
+        g_assert_false(npy_load(path, &a, &err));
+        g_assert_nonnull(err);
+        g_assert_nonnull(strstr(err->message, path));
+        g_clear_error(&err);
+        g_byte_array_unref(file);
+    }
+    g_unlink(path);
+    g_rmdir(dir);
+    g_free(path);
+    g_free(dir);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -1021,5 +1131,8 @@ int main(int argc, char **argv)
     g_test_add_func("/cobra/question-kept", test_question_kept);
     g_test_add_func("/cobra/cli", test_cli);
     g_test_add_func("/cobra/cli-tokenize", test_cli_tokenize);
+    g_test_add_func("/cobra/cli-tokenize-nul", test_cli_tokenize_nul);
+    g_test_add_func("/cobra/cli-detokenize-strict", test_cli_detokenize_strict);
+    g_test_add_func("/cobra/npy-headers", test_npy_headers);
     return g_test_run();
 }
