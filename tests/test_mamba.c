@@ -261,6 +261,38 @@ static void test_greedy(void)
     lm_close(&lm);
 }
 
+/* A set cancel flag stops the forward before its first layer: FALSE, no logits written, the
+ * state untouched; a clear one lets it run. */
+static void test_cancel_flag(void)
+{
+    Lm lm;
+    lm_open(&lm, "f32", 16);
+    const int V = lm.m.n_vocab;
+    int n;
+    float *x = multimodal_input(&lm, &n);
+    float *logits = g_new(float, V);
+    size_t ssm_bytes = (size_t)lm.m.n_layer * lm.m.d_inner * lm.m.d_state * sizeof(float);
+    float *ssm_before = g_malloc(ssm_bytes);
+    mamba_state_reset(&lm.state, &lm.m);
+    memcpy(ssm_before, lm.state.ssm, ssm_bytes);
+    for (int i = 0; i < V; i++)
+        logits[i] = -1;
+    gint cancel = 1;
+    g_assert_false(mamba_forward(&lm.m, &lm.state, x, n, NULL, logits, lm.buf, &lm.ws, &cancel));
+    g_assert_cmpfloat(logits[0], ==, -1);
+    g_assert_cmpmem(lm.state.ssm, ssm_bytes, ssm_before, ssm_bytes);
+    cancel = 0;
+    g_assert_true(mamba_forward(&lm.m, &lm.state, x, n, NULL, logits, lm.buf, &lm.ws, &cancel));
+    Npy ref;
+    load_expect("tiny/golden/logits_last.npy", &ref, 1, (int64_t[]){V});
+    assert_rel_error("logits_last with a clear cancel flag", logits, ref.data, V, TOL);
+    npy_free(&ref);
+    g_free(ssm_before);
+    g_free(logits);
+    g_free(x);
+    lm_close(&lm);
+}
+
 /* A copied state continues exactly as the original: a session snapshots the post-image state
  * and restores it before each question. */
 static void test_snapshot(void)
@@ -409,6 +441,7 @@ int main(int argc, char **argv)
     g_test_add_func("/mamba/multimodal-stepwise", test_multimodal_stepwise);
     g_test_add_func("/mamba/greedy", test_greedy);
     g_test_add_func("/mamba/snapshot", test_snapshot);
+    g_test_add_func("/mamba/cancel-flag", test_cancel_flag);
     g_test_add_func("/mamba/f16", test_f16);
     g_test_add_func("/mamba/q8_0", test_q8_0);
     g_test_add_func("/mamba/missing-tensor", test_missing_tensor);
