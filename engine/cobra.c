@@ -18,8 +18,8 @@
 
 G_DEFINE_QUARK(cobra-error-quark, cobra_error)
 
-/* Prefill chunk: big enough for sgemm efficiency, small enough that cancellation is prompt and
- * the activations stay a few MB whatever the prompt length. */
+/* Prefill chunk: big enough for sgemm efficiency, small enough that the activations stay a few
+ * MB whatever the prompt length. (Cancellation is checked before every layer of a chunk.) */
 #define PREFILL_CHUNK 256
 #define N_TOWERS 2
 
@@ -360,15 +360,14 @@ static void concat_features(CobraSession *s)
     }
 }
 
-/* Run n embeddings through the LM in chunks from the current state, checking for cancellation
- * between chunks. hidden (optional) gets norm_f outputs, logits (optional) the last logits. */
+/* Run n embeddings through the LM in chunks from the current state; the LM checks for
+ * cancellation before every layer of every chunk. hidden (optional) gets norm_f outputs, logits
+ * (optional) the last logits. */
 static gboolean prefill(CobraSession *s, const float *x, int n, float *hidden, float *logits,
                         GError **error)
 {
     const Mamba *lm = &s->model->lm;
     for (int i = 0; i < n; i += PREFILL_CHUNK) {
-        if (!check_cancel(s, error))
-            return FALSE;
         int len = MIN(PREFILL_CHUNK, n - i);
         if (!mamba_forward(lm, &s->state, x + (size_t)i * lm->d_model, len,
                            hidden ? hidden + (size_t)i * lm->d_model : NULL,
