@@ -569,14 +569,14 @@ static gboolean read_whole(int fd, const char *path, const struct stat *st, uint
         }
         if (n == 0)
             return io_error(error, path, "the file shrank while it was being read (%zu of %zu "
-                            "bytes); it is being rewritten, load it again", done, size);
+                            "bytes); if it is being rewritten, load it again", done, size);
         done += (size_t)n;
     }
     uint8_t extra;
     struct stat after;
     if (read(fd, &extra, 1) != 0 || fstat(fd, &after) != 0 || !same_version(st, &after))
         return io_error(error, path, "the file changed while it was being read (size or "
-                        "modification time); it is being rewritten, load it again");
+                        "modification time); if it is being rewritten, load it again");
     return TRUE;
 }
 

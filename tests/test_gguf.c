@@ -508,6 +508,20 @@ static void test_io_errors(void)
     expect_error("/dev/null", COBRA_ERROR_IO, "not a regular file (a device)");
     char *empty = write_file("empty.gguf", "", 0);
     expect_error(empty, COBRA_ERROR_FORMAT, "file is empty");
+    /* sysfs files claim 4096 bytes and hold fewer: a read that ends early is an error, as it is
+     * when a file is truncated while being read. */
+    const char *short_file = "/sys/devices/system/cpu/online";
+    if (g_file_test(short_file, G_FILE_TEST_IS_REGULAR)) {
+        GError *err = NULL;
+        g_assert_null(gguf_open(short_file, &err));
+        g_assert_error(err, COBRA_ERROR, COBRA_ERROR_IO);
+        g_test_message("%s", err->message);
+        g_assert_nonnull(strstr(err->message, short_file));
+        g_assert_nonnull(strstr(err->message, "shrank while it was being read"));
+        g_clear_error(&err);
+    } else {
+        g_test_message("no %s: the short read is not checked", short_file);
+    }
     g_unlink(empty);
     g_free(empty);
     g_free(missing);
