@@ -4,6 +4,7 @@
  * -> prompt tokens -> greedy or sampled decoding through the recurrent step. */
 #include "cobra.h"
 
+#include <math.h>
 #include <omp.h>
 #include <string.h>
 
@@ -18,8 +19,8 @@
 
 G_DEFINE_QUARK(cobra-error-quark, cobra_error)
 
-/* Prefill chunk: big enough for sgemm efficiency, small enough that cancellation is prompt and
- * the activations stay a few MB whatever the prompt length. */
+/* Prefill chunk: big enough for sgemm efficiency, small enough that the activations stay a few
+ * MB whatever the prompt length. (Cancellation is checked before every layer of a chunk.) */
 #define PREFILL_CHUNK 256
 #define N_TOWERS 2
 
@@ -30,8 +31,8 @@ struct CobraModel {
     Projector projector;
     Mamba lm;
     Tokenizer *tokenizer;
-    char *prompt_before;        /* template text before "{question}" */
-    char *prompt_after;         /* and after it */
+    GArray *prompt_before;      /* ids of the template text before "{question}" */
+    GArray *prompt_after;       /* and after it */
     int image_size;             /* S */
     int n_image_tokens;         /* G * G */
     int feature_dim;            /* sum of the towers' widths */
@@ -61,7 +62,10 @@ struct CobraSession {
     MambaState image_state;     /* after the image tokens: restored before every question */
     gboolean has_image;
     double image_prefill_s;     /* prefill time of the image tokens, part of every answer's */
-    gint cancelled;             /* atomic */
+    char *question;             /* the last question asked, as given */
+    GArray *question_ids;       /* its templated prompt ids: tokenised once per question */
+    int question_truncated;     /* question tokens cut to fit the context */
+    gint cancelled;             /* atomic; set by cancel, cleared only by resume */
     CobraTimings timings;
     CobraTensorFunc dump;
     void *dump_data;
@@ -69,7 +73,9 @@ struct CobraSession {
 
 /* ---- model ---- */
 
-static gboolean split_template(CobraModel *m, GError **error)
+/* The template's ids around "{question}", tokenised once here. They must leave room in the
+ * context for at least one question token, or every question would be cut to nothing. */
+static gboolean load_template(CobraModel *m, GError **error)
 {
     const char *tpl = gguf_get_string(m->file, "cobra.prompt_template", error);
     if (!tpl)
@@ -80,8 +86,19 @@ static gboolean split_template(CobraModel *m, GError **error)
                     "%s: cobra.prompt_template has no {question} placeholder", gguf_path(m->file));
         return FALSE;
     }
-    m->prompt_before = g_strndup(tpl, (gsize)(q - tpl));
-    m->prompt_after = g_strdup(q + strlen("{question}"));
+    m->prompt_before = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    m->prompt_after = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    if (!tokenizer_encode(m->tokenizer, tpl, (gssize)(q - tpl), m->prompt_before, error) ||
+        !tokenizer_encode(m->tokenizer, q + strlen("{question}"), -1, m->prompt_after, error))
+        return FALSE;
+    int64_t n_template = (int64_t)m->prompt_before->len + m->prompt_after->len;
+    if (n_template + 1 > m->max_prompt_tokens) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                    "%s: key 'cobra.prompt_template' is %" G_GINT64_FORMAT " tokens without the "
+                    "question, which leaves no room for one in key 'mamba.context_length' (%d)",
+                    gguf_path(m->file), n_template, m->max_prompt_tokens);
+        return FALSE;
+    }
     return TRUE;
 }
 
@@ -125,12 +142,12 @@ static gboolean check_resize_strategy(const GgufFile *f, GError **error)
     return TRUE;
 }
 
-CobraModel *cobra_model_load(const char *path, GError **error)
+CobraModel *cobra_model_load_with_flags(const char *path, CobraLoadFlags flags, GError **error)
 {
     g_return_val_if_fail(path != NULL, NULL);
     CobraModel *m = g_new0(CobraModel, 1);
     uint64_t max_len;
-    m->file = gguf_open(path, error);
+    m->file = flags & COBRA_LOAD_MMAP ? gguf_open_mapped(path, error) : gguf_open(path, error);
     if (!m->file)
         goto fail;
     const char *arch = gguf_get_string(m->file, "general.architecture", error);
@@ -147,17 +164,21 @@ CobraModel *cobra_model_load(const char *path, GError **error)
     if (!check_resize_strategy(m->file, error) || !load_towers(m, error) ||
         !mamba_load(&m->lm, m->file, error) ||
         !projector_load(&m->projector, m->file, m->feature_dim, m->lm.d_model, error) ||
-        !split_template(m, error) ||
         !gguf_get_uint(m->file, "mamba.context_length", 1 << 20, &max_len, error))
         goto fail;
     m->max_prompt_tokens = (int)max_len;
     m->tokenizer = tokenizer_load(m->file, error);
-    if (!m->tokenizer)
+    if (!m->tokenizer || !load_template(m, error))
         goto fail;
     return m;
 fail:
     cobra_model_free(m);
     return NULL;
+}
+
+CobraModel *cobra_model_load(const char *path, GError **error)
+{
+    return cobra_model_load_with_flags(path, COBRA_LOAD_DEFAULT, error);
 }
 
 void cobra_model_free(CobraModel *m)
@@ -169,8 +190,10 @@ void cobra_model_free(CobraModel *m)
     mamba_free(&m->lm);
     if (m->tokenizer)
         tokenizer_free(m->tokenizer);
-    g_free(m->prompt_before);
-    g_free(m->prompt_after);
+    if (m->prompt_before)
+        g_array_unref(m->prompt_before);
+    if (m->prompt_after)
+        g_array_unref(m->prompt_after);
     g_free(m->name);
     gguf_close(m->file);
     g_free(m);
@@ -253,6 +276,9 @@ void cobra_session_free(CobraSession *s)
     g_free(s->embeds);
     g_free(s->logits);
     g_free(s->image_hidden);
+    g_free(s->question);
+    if (s->question_ids)
+        g_array_unref(s->question_ids);
     g_free(s);
 }
 
@@ -286,14 +312,18 @@ static void dump(CobraSession *s, const char *name, const char *dtype, const voi
     s->dump(name, dtype, shape, n_dims, data, s->dump_data);
 }
 
-/* Checked between stages, prefill chunks and tokens; the public calls clear the request when
- * they return, so a cancel reaches the running call or, when idle, the next one. */
-static gboolean check_cancel(CobraSession *s, GError **error)
+static gboolean fail_cancelled(GError **error)
 {
-    if (!g_atomic_int_get(&s->cancelled))
-        return TRUE;
     g_set_error(error, COBRA_ERROR, COBRA_ERROR_CANCELLED, "cancelled");
     return FALSE;
+}
+
+/* Checked on entry, between stages, prefill chunks and tokens and before returning (the towers
+ * and the LM also check between blocks and layers). The flag stays set until resume, so a
+ * cancel can never fall between two calls and be lost. */
+static gboolean check_cancel(CobraSession *s, GError **error)
+{
+    return !g_atomic_int_get(&s->cancelled) || fail_cancelled(error);
 }
 
 static double now_s(void) { return g_get_monotonic_time() / 1e6; }
@@ -331,19 +361,19 @@ static void concat_features(CobraSession *s)
     }
 }
 
-/* Run n embeddings through the LM in chunks from the current state, checking for cancellation
- * between chunks. hidden (optional) gets norm_f outputs, logits (optional) the last logits. */
+/* Run n embeddings through the LM in chunks from the current state; the LM checks for
+ * cancellation before every layer of every chunk. hidden (optional) gets norm_f outputs, logits
+ * (optional) the last logits. */
 static gboolean prefill(CobraSession *s, const float *x, int n, float *hidden, float *logits,
                         GError **error)
 {
     const Mamba *lm = &s->model->lm;
     for (int i = 0; i < n; i += PREFILL_CHUNK) {
-        if (!check_cancel(s, error))
-            return FALSE;
         int len = MIN(PREFILL_CHUNK, n - i);
-        mamba_forward(lm, &s->state, x + (size_t)i * lm->d_model, len,
-                      hidden ? hidden + (size_t)i * lm->d_model : NULL,
-                      i + len == n ? logits : NULL, s->lm_buf, &s->ws);
+        if (!mamba_forward(lm, &s->state, x + (size_t)i * lm->d_model, len,
+                           hidden ? hidden + (size_t)i * lm->d_model : NULL,
+                           i + len == n ? logits : NULL, s->lm_buf, &s->ws, &s->cancelled))
+            return fail_cancelled(error);
     }
     return TRUE;
 }
@@ -353,7 +383,7 @@ static gboolean encode_image(CobraSession *s, const CobraImage *img, GError **er
     CobraModel *m = s->model;
     memset(&s->timings, 0, sizeof s->timings);
     s->has_image = FALSE;
-    if (!image_validate(img, error) || !check_cancel(s, error))
+    if (!check_cancel(s, error) || !image_validate(img, error))
         return FALSE;
     double t0 = now_s();
     int S = m->image_size, n_img = m->n_image_tokens, d = m->lm.d_model;
@@ -366,10 +396,13 @@ static gboolean encode_image(CobraSession *s, const CobraImage *img, GError **er
         dump(s, name, "f4", s->pixels, 3, 3, S, S);
         if (!check_cancel(s, error))
             return FALSE;
-        vit_forward(v, s->pixels, s->features[t], s->vit_buf[t], &s->ws);
+        if (!vit_forward(v, s->pixels, s->features[t], s->vit_buf[t], &s->ws, &s->cancelled))
+            return fail_cancelled(error);
         g_snprintf(name, sizeof name, "%s_patches", v->prefix);
         dump(s, name, "f4", s->features[t], 2, n_img, v->dim, 0);
     }
+    if (!check_cancel(s, error))
+        return FALSE;
     concat_features(s);
     dump(s, "fused_patches", "f4", s->fused, 2, n_img, m->feature_dim, 0);
     projector_forward(&m->projector, s->fused, n_img, s->image_tokens, s->proj_hidden, &s->ws);
@@ -381,7 +414,8 @@ static gboolean encode_image(CobraSession *s, const CobraImage *img, GError **er
     g_clear_pointer(&s->image_hidden, g_free);
     if (s->dump)
         s->image_hidden = g_new(float, (size_t)n_img * d);
-    if (!prefill(s, s->image_tokens, n_img, s->image_hidden, NULL, error))
+    if (!prefill(s, s->image_tokens, n_img, s->image_hidden, NULL, error) ||
+        !check_cancel(s, error))
         return FALSE;
     mamba_state_copy(&s->image_state, &s->state, &m->lm);
     s->has_image = TRUE;
@@ -399,43 +433,67 @@ gboolean cobra_session_set_image(CobraSession *s, const CobraImage *img, GError 
 }
 
 /* The templated prompt's ids; a question too long for the context is cut from its end (the
- * template around it is kept, so the model still sees a well-formed turn). */
-static GArray *encode_prompt(CobraSession *s, const char *question, GError **error)
+ * template around it is kept, so the model still sees a well-formed turn; load_template made
+ * sure at least one question token fits). *truncated gets the number of tokens cut. */
+/* Every id has an embedding row (the tokenizer knows a few added tokens the LM does not). */
+static gboolean check_embedded(const CobraModel *m, const GArray *ids, const char *what,
+                               GError **error)
 {
-    const CobraModel *m = s->model;
-    char *q = g_strstrip(g_strdup(question));
-    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    GArray *after = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    gboolean ok = FALSE;
-    if (!*q) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is empty");
-        goto out;
-    }
-    if (!tokenizer_encode(m->tokenizer, m->prompt_before, -1, ids, error) ||
-        !tokenizer_encode(m->tokenizer, q, -1, ids, error) ||
-        !tokenizer_encode(m->tokenizer, m->prompt_after, -1, after, error))
-        goto out;
-    if ((int)(ids->len + after->len) > m->max_prompt_tokens) {
-        int keep = m->max_prompt_tokens - (int)after->len;
-        s->timings.n_prompt_truncated = (int)ids->len - keep;
-        g_array_set_size(ids, (guint)MAX(keep, 0));
-    }
-    g_array_append_vals(ids, after->data, after->len);
     for (guint i = 0; i < ids->len; i++) {
         int32_t id = g_array_index(ids, int32_t, i);
         if (id < 0 || id >= m->lm.n_vocab) {
             g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
-                        "the prompt contains token %d ('%s'), which the model has no embedding "
-                        "for (%d rows)", id, tokenizer_token_text(m->tokenizer, id), m->lm.n_vocab);
-            goto out;
+                        "%s contains token %d ('%s'), which the model has no embedding for "
+                        "(%d rows)", what, id, tokenizer_token_text(m->tokenizer, id),
+                        m->lm.n_vocab);
+            return FALSE;
         }
     }
-    ok = TRUE;
+    return TRUE;
+}
+
+static GArray *encode_prompt(const CobraModel *m, const char *question, int *truncated,
+                             GError **error)
+{
+    char *q = g_strstrip(g_strdup(question));
+    GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
+    gboolean ok = FALSE;
+    *truncated = 0;
+    if (!*q) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is empty");
+        goto out;
+    }
+    g_array_append_vals(ids, m->prompt_before->data, m->prompt_before->len);
+    if (!tokenizer_encode(m->tokenizer, q, -1, ids, error))
+        goto out;
+    int after = (int)m->prompt_after->len;
+    if ((int64_t)ids->len + after > m->max_prompt_tokens) {
+        int keep = m->max_prompt_tokens - after;
+        *truncated = (int)ids->len - keep;
+        g_array_set_size(ids, (guint)keep);
+    }
+    g_array_append_vals(ids, m->prompt_after->data, m->prompt_after->len);
+    ok = check_embedded(m, ids, "the prompt", error);
 out:
     g_free(q);
-    g_array_unref(after);
     if (!ok)
         g_clear_pointer(&ids, g_array_unref);
+    return ids;
+}
+
+/* The templated ids of `question`, kept for the next request: a stream asks the same question
+ * of every sampled frame, and tokenising a long prompt costs more than its prefill. */
+static const GArray *question_ids(CobraSession *s, const char *question, GError **error)
+{
+    if (s->question_ids && strcmp(s->question, question) == 0)
+        return s->question_ids;
+    g_clear_pointer(&s->question, g_free);
+    g_clear_pointer(&s->question_ids, g_array_unref);
+    GArray *ids = encode_prompt(s->model, question, &s->question_truncated, error);
+    if (!ids)
+        return NULL;
+    s->question = g_strdup(question);
+    s->question_ids = ids;
     return ids;
 }
 
@@ -470,6 +528,37 @@ static gboolean prefill_prompt(CobraSession *s, const GArray *ids, GError **erro
     return ok;
 }
 
+/* The question's prompt through the LM from the image state, with the checks and timings every
+ * request shares; leaves the state after the prompt in s->state and its logits in s->logits. */
+static gboolean prefill_question(CobraSession *s, const char *question, GError **error)
+{
+    const CobraModel *m = s->model;
+    if (!check_cancel(s, error))
+        return FALSE;
+    if (!s->has_image) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_STATE, "no image: call set_image first");
+        return FALSE;
+    }
+    if (!g_utf8_validate(question, -1, NULL)) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
+        return FALSE;
+    }
+    s->timings.prefill_s = s->image_prefill_s;
+    s->timings.decode_s = 0;
+    s->timings.n_generated = 0;
+    const GArray *ids = question_ids(s, question, error);
+    if (!ids)
+        return FALSE;
+    s->timings.n_prompt_tokens = (int)ids->len;
+    s->timings.n_prompt_truncated = s->question_truncated;
+
+    double t0 = now_s();
+    mamba_state_copy(&s->state, &s->image_state, &m->lm);
+    gboolean ok = prefill_prompt(s, ids, error);
+    s->timings.prefill_s += now_s() - t0;
+    return ok;
+}
+
 static gboolean check_params(const CobraParams *params, GError **error)
 {
     if (params->max_tokens < 1 || params->max_tokens > 1 << 20 || !(params->temperature >= 0) ||
@@ -488,32 +577,9 @@ static char *answer(CobraSession *s, const char *question, const CobraParams *pa
                     CobraTokenFunc on_token, void *user_data, GError **error)
 {
     CobraModel *m = s->model;
-    if (!s->has_image) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_STATE, "no image: call set_image first");
+    if (!check_params(params, error) || !prefill_question(s, question, error))
         return NULL;
-    }
-    if (!g_utf8_validate(question, -1, NULL)) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
-        return NULL;
-    }
-    if (!check_params(params, error))
-        return NULL;
-    s->timings.prefill_s = s->image_prefill_s;
-    s->timings.decode_s = 0;
-    s->timings.n_prompt_truncated = 0;
-    s->timings.n_generated = 0;
-    GArray *ids = encode_prompt(s, question, error);
-    if (!ids)
-        return NULL;
-    s->timings.n_prompt_tokens = (int)ids->len;
-
-    double t0 = now_s();
-    mamba_state_copy(&s->state, &s->image_state, &m->lm);
-    gboolean ok = prefill_prompt(s, ids, error);
-    g_array_unref(ids);
-    s->timings.prefill_s += now_s() - t0;
-    if (!ok)
-        return NULL;
+    gboolean ok = TRUE;
 
     double t1 = now_s();
     Sampler sampler;
@@ -523,8 +589,9 @@ static char *answer(CobraSession *s, const char *question, const CobraParams *pa
     token_stream_init(&stream);
     GString *piece = g_string_new(NULL);
     int eos = tokenizer_eos(m->tokenizer);
-    s->timings.stop_reason = COBRA_STOP_MAX_TOKENS;
-    while ((int)out->len < params->max_tokens) {
+    /* Each token: cancel check, sample, report, stop or step. The check comes first so that it
+     * runs after every forward pass, the prompt's included, even when max_tokens is 1. */
+    for (;;) {
         if (!check_cancel(s, error)) {
             ok = FALSE;
             break;
@@ -543,11 +610,20 @@ static char *answer(CobraSession *s, const char *question, const CobraParams *pa
             s->timings.stop_reason = COBRA_STOP_EOS;
             break;
         }
-        if ((int)out->len == params->max_tokens)
+        if ((int)out->len == params->max_tokens) {
+            s->timings.stop_reason = COBRA_STOP_MAX_TOKENS;
             break;
+        }
         mamba_embed(&m->lm, &id, 1, s->embeds);
-        mamba_forward(&m->lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
+        if (!mamba_forward(&m->lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws,
+                           &s->cancelled)) {
+            ok = fail_cancelled(error);
+            break;
+        }
     }
+    /* A cancel that came during the last token's callback still wins over the answer. */
+    if (ok)
+        ok = check_cancel(s, error);
     s->timings.decode_s = now_s() - t1;
     s->timings.n_generated = (int)out->len;
     dump(s, "generated_ids", "i4", out->data, 1, out->len, 0, 0);
@@ -587,22 +663,6 @@ static double log_softmax_at(const float *logits, int n, int id)
     for (int i = 0; i < n; i++)
         sum += exp((double)logits[i] - max);
     return (double)logits[id] - max - log(sum);
-}
-
-static gboolean check_embedded(const CobraModel *m, const GArray *ids, const char *what,
-                               GError **error)
-{
-    for (guint i = 0; i < ids->len; i++) {
-        int32_t id = g_array_index(ids, int32_t, i);
-        if (id < 0 || id >= m->lm.n_vocab) {
-            g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
-                        "%s contains token %d ('%s'), which the model has no embedding for "
-                        "(%d rows)", what, id, tokenizer_token_text(m->tokenizer, id),
-                        m->lm.n_vocab);
-            return FALSE;
-        }
-    }
-    return TRUE;
 }
 
 /* The ids of label i, tokenised alone (no leading space, no stop token), or NULL and an error
@@ -661,11 +721,11 @@ static GPtrArray *encode_labels(const CobraModel *m, const char *const *labels, 
     return all;
 }
 
-/* Sum of the log-probabilities of ids, each given the ones before it, from `state` (copied: the
- * state after the prompt serves every label) and the logits it left. The last token needs no
+/* *log_prob = the sum of the log-probabilities of ids, each given the ones before it, from `state`
+ * (copied: the state after the prompt serves every label) and the logits it left. The last token needs no
  * step, only its probability, so a one-token label costs no copy (26 MB for the 3B model). */
-static double label_log_prob(CobraSession *s, const MambaState *state, const float *logits,
-                             const GArray *ids)
+static gboolean label_log_prob(CobraSession *s, const MambaState *state, const float *logits,
+                               const GArray *ids, float *log_prob, GError **error)
 {
     const Mamba *lm = &s->model->lm;
     const int32_t *t = (const int32_t *)ids->data;
@@ -674,39 +734,13 @@ static double label_log_prob(CobraSession *s, const MambaState *state, const flo
         mamba_state_copy(&s->state, state, lm);
     for (guint k = 1; k < ids->len; k++) {
         mamba_embed(lm, &t[k - 1], 1, s->embeds);
-        mamba_forward(lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws);
+        if (!mamba_forward(lm, &s->state, s->embeds, 1, NULL, s->logits, s->lm_buf, &s->ws,
+                           &s->cancelled))
+            return fail_cancelled(error);
         lp += log_softmax_at(s->logits, lm->n_vocab, t[k]);
     }
-    return lp;
-}
-
-/* The question's prompt through the LM from the image state, with ask()'s checks and timings;
- * leaves the state after the prompt in s->state and its logits in s->logits. */
-static gboolean prefill_question(CobraSession *s, const char *question, GError **error)
-{
-    const CobraModel *m = s->model;
-    if (!s->has_image) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_STATE, "no image: call set_image first");
-        return FALSE;
-    }
-    if (!g_utf8_validate(question, -1, NULL)) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "the question is not valid UTF-8");
-        return FALSE;
-    }
-    s->timings.prefill_s = s->image_prefill_s;
-    s->timings.decode_s = 0;
-    s->timings.n_prompt_truncated = 0;
-    s->timings.n_generated = 0;
-    GArray *ids = encode_prompt(s, question, error);
-    if (!ids)
-        return FALSE;
-    s->timings.n_prompt_tokens = (int)ids->len;
-    double t0 = now_s();
-    mamba_state_copy(&s->state, &s->image_state, &m->lm);
-    gboolean ok = prefill_prompt(s, ids, error);
-    g_array_unref(ids);
-    s->timings.prefill_s += now_s() - t0;
-    return ok;
+    *log_prob = (float)lp;
+    return TRUE;
 }
 
 static gboolean score_labels(CobraSession *s, const char *question, const char *const *labels,
@@ -727,12 +761,10 @@ static gboolean score_labels(CobraSession *s, const char *question, const char *
     mamba_state_copy(&prompt, &s->state, lm);
     float *prompt_logits = g_memdup2(s->logits, (gsize)lm->n_vocab * sizeof(float));
     gboolean ok = TRUE;
-    for (int i = 0; i < n_labels && ok; i++) {
-        ok = check_cancel(s, error);
-        if (ok)
-            log_probs[i] = (float)label_log_prob(s, &prompt, prompt_logits,
-                                                 g_ptr_array_index(label_ids, i));
-    }
+    for (int i = 0; i < n_labels && ok; i++)
+        ok = check_cancel(s, error) &&
+             label_log_prob(s, &prompt, prompt_logits, g_ptr_array_index(label_ids, i),
+                            &log_probs[i], error);
     s->timings.decode_s = now_s() - t0;
     mamba_state_free(&prompt);
     g_free(prompt_logits);

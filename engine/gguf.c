@@ -1,16 +1,21 @@
-/* gguf.c - map a GGUF file and validate all of it once, at open.
+/* gguf.c - read a GGUF file into memory and validate all of it once, at open.
  *
- * Mapping: PROT_READ + MAP_SHARED. The pages are the page cache's own, so every load of one file
- * (several models, several processes) shares them and no weight is ever copied. With PROT_READ,
- * MAP_PRIVATE would behave the same on Linux (no page is ever written, so none is ever copied,
- * and writes by others stay visible either way); MAP_SHARED says plainly that we hold the file's
- * pages, not a snapshot.
+ * Reading (the default): the whole file goes into an anonymous private mapping, so the weights
+ * are ours and a `cp new.gguf model.gguf` (which truncates, then writes) under a running process
+ * changes nothing in it; llama.cpp's --no-mmap makes the same trade. The memory is page-aligned,
+ * like a file mapping, so the alignment rule below holds for both. It costs the file's size in
+ * private memory per load and one full read at load (docs/reliability.md has the figures).
  *
- * A file changed on disk while mapped: every header, metadata and tensor-table byte is read
- * exactly once, into our own memory (metadata values are copied, tensor infos kept in structs),
- * and checked there; nothing is re-read from the mapping later except tensor data, whose content
- * can only change numbers, never addresses. Truncation of a mapped file by another process is
- * outside what mmap can protect against: touching a page past the new end raises SIGBUS.
+ * Mapping (gguf_open_mapped): PROT_READ + MAP_SHARED. The pages are the page cache's own, so
+ * every load of one file (several models, several processes) shares them and no weight is ever
+ * copied. With PROT_READ, MAP_PRIVATE would behave the same on Linux (no page is ever written, so
+ * none is ever copied, and writes by others stay visible either way); MAP_SHARED says plainly
+ * that we hold the file's pages, not a snapshot. Truncation of a mapped file by another process
+ * is outside what mmap can protect against: touching a page past the new end raises SIGBUS.
+ *
+ * Either way every header, metadata and tensor-table byte is read exactly once, into our own
+ * structs (metadata values are copied, tensor infos kept in structs), and checked there; nothing
+ * is re-read later except tensor data, whose content can only change numbers, never addresses.
  */
 #include "gguf.h"
 
@@ -32,8 +37,8 @@
 #endif
 
 #define GGUF_DEFAULT_ALIGNMENT 32
-/* The mapping starts on a page boundary, so a file alignment up to the smallest page size also
- * aligns the pointers; below 4 an F32 tensor could be misaligned in memory. */
+/* The file's memory starts on a page boundary (read or mapped), so a file alignment up to the
+ * smallest page size also aligns the pointers; below 4 an F32 tensor could be misaligned. */
 #define GGUF_MIN_ALIGNMENT 4
 #define GGUF_MAX_ALIGNMENT 4096
 #define QK8_0 32
@@ -501,55 +506,135 @@ static gboolean parse(GgufFile *f, GError **error)
 
 /* ---- open / close ---- */
 
-static gboolean map_file(GgufFile *f, GError **error)
+G_GNUC_PRINTF(3, 4)
+static gboolean io_error(GError **error, const char *path, const char *fmt, ...)
 {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: %s", path, msg);
+    g_free(msg);
+    return FALSE;
+}
+
+/* The open file if it is a non-empty regular file, else -1 and an error. O_NONBLOCK keeps open()
+ * from waiting for a writer on a FIFO (and read() from waiting on a device); it changes nothing
+ * for the regular files that get past the check. */
+static int open_regular(const char *path, struct stat *st, GError **error)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: cannot open: %s", f->path,
-                    g_strerror(e));
-        return FALSE;
+        io_error(error, path, "cannot open: %s", g_strerror(e));
+        return -1;
     }
-    struct stat st;
-    gboolean ok = FALSE;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: cannot stat: %s", f->path,
-                    g_strerror(e));
-    } else if (!S_ISREG(st.st_mode)) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: not a regular file", f->path);
-    } else if (st.st_size == 0) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: file is empty", f->path);
-    } else if ((uint64_t)st.st_size > SIZE_MAX) {
-        g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: file is too large to map", f->path);
+        io_error(error, path, "cannot stat: %s", g_strerror(e));
+    } else if (!S_ISREG(st->st_mode)) {
+        io_error(error, path, "not a regular file (%s)",
+                 S_ISDIR(st->st_mode) ? "a directory" : S_ISFIFO(st->st_mode) ? "a FIFO"
+                 : S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) ? "a device" : "a socket");
+    } else if (st->st_size == 0) {
+        g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT, "%s: file is empty", path);
+    } else if ((uint64_t)st->st_size > SIZE_MAX) {
+        io_error(error, path, "file is too large for the address space");
     } else {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-        if (p == MAP_FAILED) {
-            int e = errno;
-            g_set_error(error, COBRA_ERROR, COBRA_ERROR_IO, "%s: cannot map: %s", f->path,
-                        g_strerror(e));
-        } else {
-            f->map = p;
-            f->size = (size_t)st.st_size;
-            ok = TRUE;
-        }
+        return fd;
     }
-    close(fd); /* the mapping keeps the file */
+    close(fd);
+    return -1;
+}
+
+static gboolean same_version(const struct stat *a, const struct stat *b)
+{
+    return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+           a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* All st->st_size bytes of fd into buf; a short read, bytes past the end or a changed size or
+ * modification time mean someone wrote the file meanwhile: an error, not a mixed model. */
+static gboolean read_whole(int fd, const char *path, const struct stat *st, uint8_t *buf,
+                           GError **error)
+{
+    size_t size = (size_t)st->st_size, done = 0;
+    while (done < size) {
+        ssize_t n = read(fd, buf + done, MIN(size - done, (size_t)1 << 30));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            return io_error(error, path, "cannot read at offset %zu: %s", done, g_strerror(e));
+        }
+        if (n == 0)
+            return io_error(error, path, "the file shrank while it was being read (%zu of %zu "
+                            "bytes); if it is being rewritten, load it again", done, size);
+        done += (size_t)n;
+    }
+    uint8_t extra;
+    struct stat after;
+    if (read(fd, &extra, 1) != 0 || fstat(fd, &after) != 0 || !same_version(st, &after))
+        return io_error(error, path, "the file changed while it was being read (size or "
+                        "modification time); if it is being rewritten, load it again");
+    return TRUE;
+}
+
+static gboolean load_file(GgufFile *f, gboolean map, GError **error)
+{
+    struct stat st;
+    int fd = open_regular(f->path, &st, error);
+    if (fd < 0)
+        return FALSE;
+    size_t size = (size_t)st.st_size;
+    void *p = map ? mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+                  : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    gboolean ok = FALSE;
+    if (p == MAP_FAILED) {
+        int e = errno;
+        io_error(error, f->path, "cannot %s %zu bytes: %s", map ? "map" : "allocate", size,
+                 g_strerror(e));
+    } else {
+        f->map = p;
+        f->size = size;
+        /* Huge pages where the kernel allows them: faulting in 4 KB pages one by one was most of
+         * the cost of a read (58 ms of the demo model's 20 MB, 8 ms with huge pages; the read
+         * itself takes 2 ms from the page cache), and the matmuls' walks over the weights need
+         * fewer TLB entries. Only a hint, so its failure changes nothing. */
+        if (!map)
+            madvise(p, size, MADV_HUGEPAGE);
+        ok = map || read_whole(fd, f->path, &st, p, error);
+        /* Read-only from now on, like the mapping: the weights are never written, and a stray
+         * write faults instead of changing them. */
+        if (ok && !map)
+            mprotect(p, size, PROT_READ);
+    }
+    close(fd); /* a mapping keeps the file */
     return ok;
 }
 
-GgufFile *gguf_open(const char *path, GError **error)
+static GgufFile *open_file(const char *path, gboolean map, GError **error)
 {
     g_return_val_if_fail(path != NULL, NULL);
     GgufFile *f = g_new0(GgufFile, 1);
     f->path = g_strdup(path);
     f->kv = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, value_free);
     f->tensor_index = g_hash_table_new(g_str_hash, g_str_equal);
-    if (!map_file(f, error) || !parse(f, error)) {
+    if (!load_file(f, map, error) || !parse(f, error)) {
         gguf_close(f);
         return NULL;
     }
     return f;
+}
+
+GgufFile *gguf_open(const char *path, GError **error)
+{
+    return open_file(path, FALSE, error);
+}
+
+GgufFile *gguf_open_mapped(const char *path, GError **error)
+{
+    return open_file(path, TRUE, error);
 }
 
 void gguf_close(GgufFile *f)

@@ -1,12 +1,13 @@
-/* gguf.h - read-only, validated access to a memory-mapped GGUF v3 file.
+/* gguf.h - read-only, validated access to a GGUF v3 file held in memory.
  *
- * gguf_open() maps the file and checks every byte of the header, metadata and tensor table
- * before anything is used: magic, version, counts, string and array lengths, value types,
- * tensor dims, types, offsets and sizes (overflow-safe), alignment and duplicate names. After it
- * succeeds every GgufTensor's data lies inside the mapping. Errors name the file and the part
- * at fault. Tensor data is never copied; metadata strings and arrays are copied at open so they
- * are NUL-terminated and aligned. general.alignment, if present, must be a uint32 power of two
- * in 4..4096 (default 32), so that tensor pointers are aligned as well as file offsets.
+ * gguf_open() reads the file into private, page-aligned memory; gguf_open_mapped() maps it
+ * shared and read-only instead. Either way the same code then checks every byte of the header,
+ * metadata and tensor table before anything is used: magic, version, counts, string and array
+ * lengths, value types, tensor dims, types, offsets and sizes (overflow-safe), alignment and
+ * duplicate names. After it succeeds every GgufTensor's data lies inside that memory. Errors name
+ * the file and the part at fault. Metadata strings and arrays are copied at open so they are
+ * NUL-terminated and aligned. general.alignment, if present, must be a uint32 power of two in
+ * 4..4096 (default 32), so that tensor pointers are aligned as well as file offsets.
  */
 #ifndef COBRA_GGUF_H
 #define COBRA_GGUF_H
@@ -52,7 +53,12 @@ typedef struct {
 
 typedef struct GgufFile GgufFile;
 
+/* Both refuse anything but a regular file without blocking on it (a FIFO, a directory, a device).
+ * gguf_open() also fails when the file changes (size or modification time) while it is read. */
 GgufFile *gguf_open(const char *path, GError **error);
+/* The mapping shares the page cache's pages; a process dies of SIGBUS if the file is truncated
+ * under it. */
+GgufFile *gguf_open_mapped(const char *path, GError **error);
 void gguf_close(GgufFile *f);
 const char *gguf_path(const GgufFile *f);
 

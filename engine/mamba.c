@@ -367,8 +367,8 @@ static void layer_forward(const Mamba *m, const MambaLayer *l, float *conv, floa
     add(b->res, b->xn, (size_t)n * d);
 }
 
-void mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
-                   float *logits, MambaBuffers *b, Workspace *ws)
+gboolean mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
+                       float *logits, MambaBuffers *b, Workspace *ws, const gint *cancel)
 {
     const int d = m->d_model;
     const size_t conv_layer = (size_t)m->d_inner * m->d_conv;
@@ -378,9 +378,12 @@ void mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *
         const int nc = MIN(b->max_chunk, n - t0);
         const gboolean last = t0 + nc == n;
         memcpy(b->res, x + (size_t)t0 * d, (size_t)nc * d * sizeof(float));
-        for (int i = 0; i < m->n_layer; i++)
+        for (int i = 0; i < m->n_layer; i++) {
+            if (cancel && g_atomic_int_get(cancel))
+                return FALSE;
             layer_forward(m, &m->layers[i], s->conv + i * conv_layer, s->ssm + i * ssm_layer, nc,
                           b, ws);
+        }
 
         /* norm_f: every row when the caller wants them, else only the last row for the logits. */
         float *normed = b->xn + (size_t)(nc - 1) * d;
@@ -393,4 +396,5 @@ void mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *
         if (last && logits)
             matmul(logits, normed, 1, &m->lm_head, NULL, ws);
     }
+    return TRUE;
 }

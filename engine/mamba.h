@@ -58,8 +58,10 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out);
 
 /* Run n input embeddings x[n][d] through the model, continuing from state s and updating it.
  * hidden_out (optional, [n][d]) gets the output of norm_f at every position; logits (optional,
- * [V]) the logits after the last position. n == 1 is the recurrent step. */
-void mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
-                   float *logits, MambaBuffers *b, Workspace *ws);
+ * [V]) the logits after the last position. n == 1 is the recurrent step. cancel (optional) is a
+ * flag another thread may set: checked before every layer, it makes the forward stop and return
+ * FALSE, leaving s half-updated (the caller restores a saved state before using it again). */
+gboolean mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
+                       float *logits, MambaBuffers *b, Workspace *ws, const gint *cancel);
 
 #endif

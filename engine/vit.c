@@ -45,6 +45,24 @@ static gboolean get_tower_uint(const GgufFile *f, const char *prefix, const char
     return get_uint(f, key, min, max, out, error);
 }
 
+/* The three per-channel values of key clip.{prefix}.{name}: finite and above `above`. */
+static gboolean get_normalisation(const GgufFile *f, const char *prefix, const char *name,
+                                  float above, float *out, GError **error)
+{
+    char key[96];
+    g_snprintf(key, sizeof key, "clip.%s.%s", prefix, name);
+    if (!gguf_get_f32_array(f, key, out, 3, error))
+        return FALSE;
+    for (int c = 0; c < 3; c++)
+        if (!isfinite(out[c]) || !(out[c] > above)) {
+            g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
+                        "%s: key '%s' has %g for channel %d; every value must be finite%s",
+                        gguf_path(f), key, out[c], c, above == 0 ? " and positive" : "");
+            return FALSE;
+        }
+    return TRUE;
+}
+
 /* The F32 tensor "{prefix}.{name}" of shape ne (ggml order). */
 static const float *require_f32(const GgufFile *f, const char *prefix, const char *name,
                                 int n_dims, const int64_t *ne, GError **error)
@@ -146,18 +164,9 @@ gboolean vit_load(Vit *vit, const GgufFile *f, const char *prefix, GError **erro
     g_snprintf(key, sizeof key, "clip.%s.has_class_token", prefix);
     if (!gguf_get_bool(f, key, &has_cls, error))
         return FALSE;
-    g_snprintf(key, sizeof key, "clip.%s.image_mean", prefix);
-    if (!gguf_get_f32_array(f, key, vit->mean, 3, error))
+    if (!get_normalisation(f, prefix, "image_mean", -INFINITY, vit->mean, error) ||
+        !get_normalisation(f, prefix, "image_std", 0, vit->std, error))
         return FALSE;
-    g_snprintf(key, sizeof key, "clip.%s.image_std", prefix);
-    if (!gguf_get_f32_array(f, key, vit->std, 3, error))
-        return FALSE;
-    for (int c = 0; c < 3; c++)
-        if (!(vit->std[c] > 0) || !isfinite(vit->mean[c]) || !isfinite(vit->std[c])) {
-            g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
-                        "%s: key '%s': every std must be finite and positive", gguf_path(f), key);
-            return FALSE;
-        }
 
     if (vit->dim % vit->n_heads != 0) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_FORMAT,
@@ -324,11 +333,16 @@ static void block_forward(const Vit *vit, const VitBlock *blk, VitBuffers *b, Wo
     residual(b->x, b->xn, blk->ls2, T, C);
 }
 
-void vit_forward(const Vit *vit, const float *pixels, float *out, VitBuffers *b, Workspace *ws)
+gboolean vit_forward(const Vit *vit, const float *pixels, float *out, VitBuffers *b, Workspace *ws,
+                     const gint *cancel)
 {
     embed(vit, pixels, b, ws);
-    for (int i = 0; i < vit->n_blocks; i++)
+    for (int i = 0; i < vit->n_blocks; i++) {
+        if (cancel && g_atomic_int_get(cancel))
+            return FALSE;
         block_forward(vit, &vit->blocks[i], b, ws);
+    }
     memcpy(out, b->x + (size_t)vit->n_prefix * vit->dim,
            (size_t)vit->grid * vit->grid * vit->dim * sizeof(float));
+    return TRUE;
 }

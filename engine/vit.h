@@ -55,7 +55,10 @@ void vit_buffers_free(VitBuffers *b);
 int vit_max_cols(const Vit *vit);
 int vit_max_rows(const Vit *vit);
 
-/* pixels[3][S][S] (normalised) -> out[G*G][C]: output of the feature block, prefix dropped. */
-void vit_forward(const Vit *vit, const float *pixels, float *out, VitBuffers *b, Workspace *ws);
+/* pixels[3][S][S] (normalised) -> out[G*G][C]: output of the feature block, prefix dropped.
+ * cancel (optional) is a flag another thread may set: checked between blocks, it makes the
+ * forward stop early and return FALSE (out is then not written). */
+gboolean vit_forward(const Vit *vit, const float *pixels, float *out, VitBuffers *b, Workspace *ws,
+                     const gint *cancel);
 
 #endif

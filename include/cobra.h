@@ -11,7 +11,8 @@
  *   char *answer = cobra_session_ask(s, "What is in the picture?", &p, on_token, NULL, &err);
  *
  * A model is immutable after loading and may be shared by any number of sessions and threads.
- * A session is used by one thread at a time; cobra_session_cancel() may be called from any thread.
+ * A session is used by one thread at a time; cobra_session_cancel() and cobra_session_resume() may
+ * be called from any thread.
  * Errors are reported through GError (domain COBRA_ERROR) with messages that name the file, key,
  * tensor or value at fault.
  */
@@ -89,8 +90,12 @@ void cobra_params_init(CobraParams *params);
  * is still incomplete). Return FALSE to stop generating (the answer so far is returned). */
 typedef gboolean (*CobraTokenFunc)(const char *piece, int token_id, void *user_data);
 
-/* Why generation stopped: the stop token, max_tokens, or on_token returned FALSE. */
-typedef enum { COBRA_STOP_EOS, COBRA_STOP_MAX_TOKENS, COBRA_STOP_CALLBACK } CobraStopReason;
+/* Why an answer ended. */
+typedef enum {
+    COBRA_STOP_EOS,        /* the model generated its stop token */
+    COBRA_STOP_MAX_TOKENS, /* params->max_tokens tokens were generated */
+    COBRA_STOP_CALLBACK,   /* on_token returned FALSE */
+} CobraStopReason;
 
 /* Timings of the last request of a session, in seconds. */
 typedef struct {
@@ -99,13 +104,26 @@ typedef struct {
     double decode_s;   /* generated tokens */
     int n_image_tokens, n_prompt_tokens, n_generated;
     int n_prompt_truncated; /* question tokens dropped to fit the context (0 normally) */
-    CobraStopReason stop_reason;
+    CobraStopReason stop_reason; /* of the last answer (a cancelled ask returns NULL instead) */
 } CobraTimings;
 
 /* ---- model ---- */
 
-/* Map and validate a model file written by tools/cobra_convert.py. NULL and an error on failure. */
+typedef enum {
+    COBRA_LOAD_DEFAULT = 0,
+    /* Keep a shared read-only mapping of the file instead of a private copy: the pages are shared
+     * by every process that maps the file, but a process dies of SIGBUS when the file is
+     * truncated under it (`cp new.gguf model.gguf`); only safe when updates rename a new file
+     * over the old one. */
+    COBRA_LOAD_MMAP = 1 << 0,
+} CobraLoadFlags;
+
+/* Read and validate a model file written by tools/cobra_convert.py. NULL and an error on failure.
+ * The weights are read into private memory, so the model keeps working when its file is
+ * rewritten in place. Anything but a regular file (FIFO, directory, device) is refused without
+ * blocking, and a file that changes while it is being read is an error. */
 CobraModel *cobra_model_load(const char *path, GError **error);
+CobraModel *cobra_model_load_with_flags(const char *path, CobraLoadFlags flags, GError **error);
 void cobra_model_free(CobraModel *model);
 
 /* Facts read from the file. */
@@ -132,8 +150,10 @@ void cobra_session_free(CobraSession *session);
 gboolean cobra_session_set_image(CobraSession *session, const CobraImage *image, GError **error);
 
 /* Ask a question about the current image; returns the answer stripped of surrounding white space
- * (g_free it), or NULL and an error. Generation stops at the stop token, at params->max_tokens,
- * when on_token returns FALSE, or when cobra_session_cancel() is called (error CANCELLED). */
+ * (g_free it), or NULL and an error. Generation stops at the stop token, at params->max_tokens or
+ * when on_token returns FALSE (timings say which), or fails with COBRA_ERROR_CANCELLED when the
+ * session is cancelled. The templated ids of the last question are kept, so asking the same
+ * question again (about a new image) does not tokenise it again. */
 char *cobra_session_ask(CobraSession *session, const char *question, const CobraParams *params,
                         CobraTokenFunc on_token, void *user_data, GError **error);
 
@@ -154,9 +174,12 @@ gboolean cobra_session_score_labels(CobraSession *session, const char *question,
                                     const char *const *labels, int n_labels, float *log_probs,
                                     GError **error);
 
-/* Thread-safe: makes the running set_image/ask/score_labels of this session, and every later
- * one, stop with COBRA_ERROR_CANCELLED until cobra_session_resume(). */
+/* Thread-safe and sticky: the running set_image/ask/score_labels stops at its next check with
+ * COBRA_ERROR_CANCELLED (checks come between stages, transformer blocks, Mamba layers, prefill
+ * chunks and before every decode step, including the first, and before the call returns), and
+ * every later call fails at once with COBRA_ERROR_CANCELLED until cobra_session_resume(). */
 void cobra_session_cancel(CobraSession *session);
+/* Clears a cancel; nothing else does. Call it before starting work that should be done. */
 void cobra_session_resume(CobraSession *session);
 
 void cobra_session_get_timings(const CobraSession *session, CobraTimings *timings);

@@ -1,6 +1,7 @@
 /* test_element.c - the cobravlm element: its answers against the engine's on the same frame and
  * against the golden run, its properties, sampling, the three ways results leave, flushing,
  * EOS, state changes while generating, shared models, bad models, and the pipelines/ scripts. */
+#include <fcntl.h>
 #include <glib/gstdio.h>
 #include <gst/app/gstappsink.h>
 #include <gst/check/gstharness.h>
@@ -9,6 +10,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cobra.h"
 #include "support.h"
@@ -1010,7 +1013,7 @@ static guint count_mappings(const char *file)
 }
 
 /* 200 PLAYING -> NULL while a generation runs (async and not, text_src linked): each returns
- * promptly, and no thread, file or mapping of the model is left behind. */
+ * promptly, and no thread or open file is left behind; the model file is never mapped. */
 static void test_state_cycles(void)
 {
     char *desc = g_strdup_printf(
@@ -1028,7 +1031,8 @@ static void test_state_cycles(void)
     for (guint i = 0; i < 200; i++) {
         g_object_set(vlm, "async", i % 2 == 0, NULL);
         g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
-        g_assert_cmpuint(count_mappings(model_file), >, 0);
+        /* read into memory, not mapped: a model file rewritten in place cannot hurt it */
+        g_assert_cmpuint(count_mappings(model_file), ==, 0);
         g_assert_true(wait_generating(bus, 30 * GST_SECOND));
         gint64 t0 = g_get_monotonic_time();
         g_assert_cmpint(gst_element_set_state(p, GST_STATE_NULL), ==, GST_STATE_CHANGE_SUCCESS);
@@ -2101,6 +2105,61 @@ static void test_mux(gconstpointer data)
     g_free(dir);
 }
 
+/* The usual way to update a model, `cp new.gguf model.gguf` (truncate, then write), while
+ * pipelines use it: they go on answering (the weights were read into memory); the next start
+ * loads the new file. It used to kill the process with SIGBUS. */
+static void test_model_rewritten(void)
+{
+    char *dir = g_dir_make_tmp("cobravlm-cp-XXXXXX", NULL);
+    char *path = g_build_filename(dir, "model.gguf", NULL);
+    char *other = test_model_path("q8_0"), *contents, *desc;
+    gsize len;
+
+    g_assert_true(g_file_get_contents(model_file, &contents, &len, NULL));
+    g_assert_true(g_file_set_contents(path, contents, (gssize)len, NULL));
+    g_free(contents);
+    desc = g_strdup_printf("videotestsrc is-live=true pattern=ball ! video/x-raw,width=64,height=48,"
+                           "framerate=30/1 ! cobravlm name=vlm model-file=%s n-threads=%d "
+                           "interval=0 max-tokens=%d ! fakesink", path, N_THREADS, MAX_TOKENS);
+    GstElement *p = launch(desc);
+    GstBus *bus = gst_element_get_bus(p);
+    g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+    GstStructure *s = next_result(bus, 30 * GST_SECOND);
+    g_assert_nonnull(s);
+    gst_structure_free(s);
+    /* cp: O_TRUNC, then the new bytes in pieces */
+    g_assert_true(g_file_get_contents(other, &contents, &len, NULL));
+    int fd = open(path, O_WRONLY | O_TRUNC);
+    g_assert_cmpint(fd, >=, 0);
+    for (gsize off = 0; off < len; off += 65536) {
+        g_assert_cmpint(write(fd, contents + off, MIN(65536, len - off)), >, 0);
+        g_usleep(1000);
+    }
+    close(fd);
+    g_free(contents);
+    for (guint i = 0; i < 5; i++) {
+        s = next_result(bus, 30 * GST_SECOND);
+        g_assert_nonnull(s);
+        gst_structure_free(s);
+    }
+    GstMessage *err = gst_bus_pop_filtered(bus, GST_MESSAGE_ERROR);
+    g_assert_null(err);
+    gst_element_set_state(p, GST_STATE_NULL);
+    /* the next start reads the new file */
+    g_assert_cmpint(gst_element_set_state(p, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+    s = next_result(bus, 30 * GST_SECOND);
+    g_assert_nonnull(s);
+    gst_structure_free(s);
+    gst_element_set_state(p, GST_STATE_NULL);
+    gst_object_unref(bus);
+    gst_object_unref(p);
+    remove_dir(dir);
+    g_free(desc);
+    g_free(other);
+    g_free(path);
+    g_free(dir);
+}
+
 /* A bad model file fails NULL -> READY with an element error naming the file. */
 static void expect_load_error(const char *path)
 {
@@ -2136,12 +2195,16 @@ static void test_bad_models(void)
     char *missing = g_build_filename(dir, "missing.gguf", NULL);
     char *truncated = g_build_filename(dir, "truncated.gguf", NULL);
     char *empty = g_build_filename(dir, "empty.gguf", NULL);
+    char *fifo = g_build_filename(dir, "fifo.gguf", NULL);
     char *contents;
     gsize len;
 
     g_assert_true(g_file_get_contents(model_file, &contents, &len, NULL));
     g_assert_true(g_file_set_contents(truncated, contents, (gssize)len / 2, NULL));
     g_assert_true(g_file_set_contents(empty, "", 0, NULL));
+    g_assert_cmpint(mkfifo(fifo, 0600), ==, 0);
+    expect_load_error(fifo); /* refused at once: nothing writes to it */
+    expect_load_error(dir);
     expect_load_error(missing);
     expect_load_error(truncated);
     expect_load_error(empty);
@@ -2152,6 +2215,7 @@ static void test_bad_models(void)
     g_free(missing);
     g_free(truncated);
     g_free(empty);
+    g_free(fifo);
     g_free(dir);
 }
 
@@ -2211,6 +2275,7 @@ int main(int argc, char **argv)
     g_test_add_func("/element/long-run", test_long_run);
     g_test_add_func("/element/shared-model", test_shared_model);
     g_test_add_func("/element/bad-models", test_bad_models);
+    g_test_add_func("/element/model-rewritten", test_model_rewritten);
     g_test_add_func("/element/long-prompt", test_long_prompt);
     g_test_add_func("/element/ask-outcomes", test_ask_outcomes);
     g_test_add_func("/element/series-and-origin", test_series_and_origin);

@@ -221,24 +221,31 @@ static char *write_file(const char *name, const void *data, size_t n)
     return path;
 }
 
-/* Open `path` expecting failure with `code`, a message naming the file and containing `expect`. */
+/* Open `path` expecting failure with `code`, a message naming the file and containing `expect`;
+ * read into memory and mapped, the same message (one validation over the bytes either way). */
 static void expect_error(const char *path, int code, const char *expect)
 {
-    GError *err = NULL;
-    GgufFile *f = gguf_open(path, &err);
-    if (f) {
-        g_test_fail_printf("%s: opened, expected an error containing '%s'", path, expect);
+    GError *err = NULL, *mapped_err = NULL;
+    GgufFile *f = gguf_open(path, &err), *mapped = gguf_open_mapped(path, &mapped_err);
+    if (f || mapped) {
+        g_test_fail_printf("%s: opened (%s), expected an error containing '%s'", path,
+                           f ? "read" : "mapped", expect);
         gguf_close(f);
+        gguf_close(mapped);
+        g_clear_error(&err);
+        g_clear_error(&mapped_err);
         return;
     }
     g_assert_nonnull(err);
     g_test_message("%s", err->message);
     g_assert_error(err, COBRA_ERROR, code);
+    g_assert_cmpstr(mapped_err->message, ==, err->message);
     if (!strstr(err->message, path))
         g_test_fail_printf("error does not name the file %s: %s", path, err->message);
     if (expect && !strstr(err->message, expect))
         g_test_fail_printf("error '%s' does not contain '%s'", err->message, expect);
     g_error_free(err);
+    g_error_free(mapped_err);
 }
 
 static GgufFile *open_ok(const char *path)
@@ -440,6 +447,12 @@ static void test_valid_file(void)
         check_tensors(f, alignments[i] ? alignments[i] : 32);
         check_require_tensor(f);
         gguf_close(f);
+        GError *err = NULL;
+        f = gguf_open_mapped(path, &err);
+        g_assert_no_error(err);
+        check_metadata(f);
+        check_tensors(f, alignments[i] ? alignments[i] : 32);
+        gguf_close(f);
         g_unlink(path);
         g_free(path);
         g_free(name);
@@ -491,9 +504,24 @@ static void test_io_errors(void)
     gguf_close(NULL);
     char *missing = g_build_filename(tmp_dir, "missing.gguf", NULL);
     expect_error(missing, COBRA_ERROR_IO, "cannot open");
-    expect_error(tmp_dir, COBRA_ERROR_IO, "not a regular file");
+    expect_error(tmp_dir, COBRA_ERROR_IO, "not a regular file (a directory)");
+    expect_error("/dev/null", COBRA_ERROR_IO, "not a regular file (a device)");
     char *empty = write_file("empty.gguf", "", 0);
     expect_error(empty, COBRA_ERROR_FORMAT, "file is empty");
+    /* sysfs files claim 4096 bytes and hold fewer: a read that ends early is an error, as it is
+     * when a file is truncated while being read. */
+    const char *short_file = "/sys/devices/system/cpu/online";
+    if (g_file_test(short_file, G_FILE_TEST_IS_REGULAR)) {
+        GError *err = NULL;
+        g_assert_null(gguf_open(short_file, &err));
+        g_assert_error(err, COBRA_ERROR, COBRA_ERROR_IO);
+        g_test_message("%s", err->message);
+        g_assert_nonnull(strstr(err->message, short_file));
+        g_assert_nonnull(strstr(err->message, "shrank while it was being read"));
+        g_clear_error(&err);
+    } else {
+        g_test_message("no %s: the short read is not checked", short_file);
+    }
     g_unlink(empty);
     g_free(empty);
     g_free(missing);

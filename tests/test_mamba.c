@@ -98,12 +98,12 @@ static void run_sequence(Lm *lm, const float *x, int n, gboolean stepwise, float
     const int d = lm->m.d_model;
     mamba_state_reset(&lm->state, &lm->m);
     if (!stepwise) {
-        mamba_forward(&lm->m, &lm->state, x, n, hidden, logits, lm->buf, &lm->ws);
+        mamba_forward(&lm->m, &lm->state, x, n, hidden, logits, lm->buf, &lm->ws, NULL);
         return;
     }
     for (int t = 0; t < n; t++)
         mamba_forward(&lm->m, &lm->state, x + (size_t)t * d, 1, hidden + (size_t)t * d,
-                      t == n - 1 ? logits : NULL, lm->buf, &lm->ws);
+                      t == n - 1 ? logits : NULL, lm->buf, &lm->ws, NULL);
 }
 
 static int argmax(const float *v, int n)
@@ -247,7 +247,7 @@ static void test_greedy(void)
         const int32_t next = argmax(logits, V);
         g_assert_cmpint(next, ==, gen_ref[s]);
         mamba_embed(&lm.m, &next, 1, emb);
-        mamba_forward(&lm.m, &lm.state, emb, 1, NULL, logits, lm.buf, &lm.ws);
+        mamba_forward(&lm.m, &lm.state, emb, 1, NULL, logits, lm.buf, &lm.ws, NULL);
     }
     g_test_message("top-5 logits over %d steps: worst relative error %.3g", steps, worst);
     g_assert_cmpfloat(worst, <=, TOL);
@@ -258,6 +258,38 @@ static void test_greedy(void)
     npy_free(&gen);
     npy_free(&top_ids);
     npy_free(&top_logits);
+    lm_close(&lm);
+}
+
+/* A set cancel flag stops the forward before its first layer: FALSE, no logits written, the
+ * state untouched; a clear one lets it run. */
+static void test_cancel_flag(void)
+{
+    Lm lm;
+    lm_open(&lm, "f32", 16);
+    const int V = lm.m.n_vocab;
+    int n;
+    float *x = multimodal_input(&lm, &n);
+    float *logits = g_new(float, V);
+    size_t ssm_bytes = (size_t)lm.m.n_layer * lm.m.d_inner * lm.m.d_state * sizeof(float);
+    float *ssm_before = g_malloc(ssm_bytes);
+    mamba_state_reset(&lm.state, &lm.m);
+    memcpy(ssm_before, lm.state.ssm, ssm_bytes);
+    for (int i = 0; i < V; i++)
+        logits[i] = -1;
+    gint cancel = 1;
+    g_assert_false(mamba_forward(&lm.m, &lm.state, x, n, NULL, logits, lm.buf, &lm.ws, &cancel));
+    g_assert_cmpfloat(logits[0], ==, -1);
+    g_assert_cmpmem(lm.state.ssm, ssm_bytes, ssm_before, ssm_bytes);
+    cancel = 0;
+    g_assert_true(mamba_forward(&lm.m, &lm.state, x, n, NULL, logits, lm.buf, &lm.ws, &cancel));
+    Npy ref;
+    load_expect("tiny/golden/logits_last.npy", &ref, 1, (int64_t[]){V});
+    assert_rel_error("logits_last with a clear cancel flag", logits, ref.data, V, TOL);
+    npy_free(&ref);
+    g_free(ssm_before);
+    g_free(logits);
+    g_free(x);
     lm_close(&lm);
 }
 
@@ -276,14 +308,16 @@ static void test_snapshot(void)
     float *a = g_new(float, V), *b = g_new(float, V);
 
     mamba_state_reset(&lm.state, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x, split, NULL, NULL, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x, split, NULL, NULL, lm.buf, &lm.ws, NULL);
     mamba_state_copy(&snap, &lm.state, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, a, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, a, lm.buf, &lm.ws,
+                  NULL);
     /* Something else in between, then back to the snapshot. */
-    mamba_forward(&lm.m, &lm.state, x, n, NULL, b, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x, n, NULL, b, lm.buf, &lm.ws, NULL);
     g_assert_true(memcmp(a, b, V * sizeof(float)) != 0);
     mamba_state_copy(&lm.state, &snap, &lm.m);
-    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, b, lm.buf, &lm.ws);
+    mamba_forward(&lm.m, &lm.state, x + (size_t)split * d, n - split, NULL, b, lm.buf, &lm.ws,
+                  NULL);
     g_assert_cmpmem(a, V * sizeof(float), b, V * sizeof(float));
 
     /* The split prefill equals the golden one-sequence logits. */
@@ -407,6 +441,7 @@ int main(int argc, char **argv)
     g_test_add_func("/mamba/multimodal-stepwise", test_multimodal_stepwise);
     g_test_add_func("/mamba/greedy", test_greedy);
     g_test_add_func("/mamba/snapshot", test_snapshot);
+    g_test_add_func("/mamba/cancel-flag", test_cancel_flag);
     g_test_add_func("/mamba/f16", test_f16);
     g_test_add_func("/mamba/q8_0", test_q8_0);
     g_test_add_func("/mamba/missing-tensor", test_missing_tensor);

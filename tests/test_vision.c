@@ -66,7 +66,7 @@ static float *run_tower(Model *m, const Vit *vit, const char *pixels_npy)
     assert_shape(pixels_npy, &px, 3, px_shape);
     float *out = g_new(float, (size_t)vit->grid * vit->grid * vit->dim);
     VitBuffers *b = vit_buffers_new(vit);
-    vit_forward(vit, px.data, out, b, &m->ws);
+    vit_forward(vit, px.data, out, b, &m->ws, NULL);
     vit_buffers_free(b);
     npy_free(&px);
     return out;
@@ -313,7 +313,7 @@ static void check_altered(Model *m, const Vit *tower, int n_heads, int grid, int
     const size_t n_out = (size_t)grid * grid * C;
     float *got = g_new(float, n_out), *ref = g_new(float, n_out);
     VitBuffers *b = vit_buffers_new(&v);
-    vit_forward(&v, pixels, got, b, &m->ws);
+    vit_forward(&v, pixels, got, b, &m->ws, NULL);
     vit_buffers_free(b);
     ref_vit(&v, pixels, ref);
     char *what = g_strdup_printf("%s: %d heads of %d, grid %d (S %d), %d blocks, %d cls + %d reg, "
@@ -465,6 +465,35 @@ static void test_load_errors(void)
                      "clip.vision.patch_size");
 }
 
+/* A set cancel flag stops the tower before its first block, leaving out unwritten. */
+static void test_cancel_flag(void)
+{
+    Model m;
+    model_open(&m, "f32");
+    Npy px;
+    test_load_npy("tiny/golden/pixel_values_dino.npy", &px);
+    size_t n = (size_t)m.dino.grid * m.dino.grid * m.dino.dim;
+    float *out = g_new(float, n);
+    for (size_t i = 0; i < n; i++)
+        out[i] = -1;
+    VitBuffers *b = vit_buffers_new(&m.dino);
+    gint cancel = 1;
+    g_assert_false(vit_forward(&m.dino, px.data, out, b, &m.ws, &cancel));
+    for (size_t i = 0; i < n; i++)
+        g_assert_cmpfloat(out[i], ==, -1);
+    cancel = 0;
+    g_assert_true(vit_forward(&m.dino, px.data, out, b, &m.ws, &cancel));
+    Npy ref;
+    test_load_npy("tiny/golden/dino_patches.npy", &ref);
+    g_assert_cmpuint(ref.n_elems, ==, n);
+    assert_rel_error("dino with a clear cancel flag", out, ref.data, n, 1e-4);
+    npy_free(&ref);
+    vit_buffers_free(b);
+    g_free(out);
+    npy_free(&px);
+    model_close(&m);
+}
+
 /* A head count that does not divide the width is refused, naming the key. */
 static void test_bad_head_count(void)
 {
@@ -523,5 +552,6 @@ int main(int argc, char **argv)
     g_test_add_func("/vision/altered-shapes", test_altered_shapes);
     g_test_add_func("/vision/load-errors", test_load_errors);
     g_test_add_func("/vision/bad-head-count", test_bad_head_count);
+    g_test_add_func("/vision/cancel-flag", test_cancel_flag);
     return g_test_run();
 }

@@ -44,7 +44,8 @@ static gboolean load_npy_image(const char *path, LoadedImage *out, GError **erro
     Npy a;
     if (!npy_load(path, &a, error))
         return FALSE;
-    if (strcmp(a.dtype, "u1") != 0 || a.n_dims != 3 || a.shape[2] != 3) {
+    if (strcmp(a.dtype, "u1") != 0 || a.n_dims != 3 || a.shape[2] != 3 ||
+        a.shape[1] > G_MAXINT / 3 || a.shape[0] > G_MAXINT) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID,
                     "%s: expected a uint8 array of shape (height, width, 3)", path);
         npy_free(&a);
@@ -217,19 +218,23 @@ static void report_timings(const CobraSession *session)
             t.decode_s, t.decode_s > 0 ? t.n_generated / t.decode_s : 0.0);
 }
 
-static char *read_stdin(void)
+/* All of stdin as text; a NUL byte would silently end it, so it is an error. */
+static char *read_stdin(const char *mode)
 {
     GString *s = g_string_new(NULL);
     char buf[65536];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, stdin)) > 0)
         g_string_append_len(s, buf, (gssize)n);
+    const char *nul = memchr(s->str, 0, s->len);
+    if (nul)
+        die("%s: stdin has a NUL byte at offset %td; expected text", mode, nul - s->str);
     return g_string_free(s, FALSE);
 }
 
 static int tokenize(CobraModel *model)
 {
-    char *text = read_stdin();
+    char *text = read_stdin("--tokenize");
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     GError *err = NULL;
     if (!cobra_model_tokenize(model, text, ids, &err))
@@ -243,34 +248,49 @@ static int tokenize(CobraModel *model)
     return 0;
 }
 
+/* Token ids as a JSON array ("[1, 2]") or bare ("1 2", "1,2"): integers in 0..INT32_MAX separated
+ * by commas or white space. Anything else is named and refused (exit 2): a half-read list would
+ * print a plausible but wrong text. */
 static int detokenize(CobraModel *model, gboolean skip_special)
 {
-    char *text = read_stdin();
+    char *text = read_stdin("--detokenize");
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
-    char *p = text;
-    while (*p && *p != '[')
-        p++;
-    if (*p)
-        p++;
-    for (;;) {
-        while (*p == ' ' || *p == ',' || *p == '\n' || *p == '\t')
-            p++;
-        if (*p == ']' || !*p)
+    char *body = g_strstrip(text);
+    size_t len = strlen(body);
+    gboolean open = len > 0 && body[0] == '[', close = len > 0 && body[len - 1] == ']';
+    if (open != close) {
+        fprintf(stderr, "cobra-cli: --detokenize: unbalanced bracket in '%.40s'\n", body);
+        return 2;
+    }
+    if (open) {
+        body[len - 1] = 0;
+        body++;
+    }
+    char **tokens = g_regex_split_simple("[\\s,]+", g_strstrip(body), 0, 0);
+    int status = 0;
+    for (char **t = tokens; *t && status == 0; t++) {
+        guint64 v;
+        if (!**t)
+            continue; /* an empty list */
+        if (!g_ascii_string_to_unsigned(*t, 10, 0, G_MAXINT32, &v, NULL)) {
+            fprintf(stderr, "cobra-cli: --detokenize: '%.40s' is not a token id (an integer in "
+                    "0..%d)\n", *t, G_MAXINT32);
+            status = 2;
             break;
-        char *end;
-        gint64 v = g_ascii_strtoll(p, &end, 10);
-        if (end == p || v < 0 || v >= G_MAXINT32)
-            die("--detokenize: expected a JSON array of token ids on stdin, got '%.20s'", p);
+        }
         int32_t id = (int32_t)v;
         g_array_append_val(ids, id);
-        p = end;
     }
-    char *out = cobra_model_detokenize(model, (const int32_t *)ids->data, ids->len, skip_special);
-    fputs(out, stdout);
-    g_free(out);
+    g_strfreev(tokens);
+    if (status == 0) {
+        char *out = cobra_model_detokenize(model, (const int32_t *)ids->data, ids->len,
+                                           skip_special);
+        fputs(out, stdout);
+        g_free(out);
+    }
     g_array_unref(ids);
     g_free(text);
-    return 0;
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -279,7 +299,7 @@ int main(int argc, char **argv)
     g_autofree char *model_path = NULL, *image_path = NULL, *dump_dir = NULL, *label_list = NULL;
     g_auto(GStrv) prompts = NULL;
     int threads = 0;
-    gboolean do_tokenize = FALSE, do_detokenize = FALSE, skip_special = FALSE;
+    gboolean do_tokenize = FALSE, do_detokenize = FALSE, skip_special = FALSE, use_mmap = FALSE;
     double temp = 0, top_p = 1, repeat_penalty = 1;
     gint64 seed = 0;
     CobraParams params;
@@ -287,6 +307,9 @@ int main(int argc, char **argv)
     int max_tokens = params.max_tokens, top_k = 0;
     GOptionEntry entries[] = {
         {"model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "Model file (.gguf)", "FILE"},
+        {"mmap", 0, 0, G_OPTION_ARG_NONE, &use_mmap,
+         "Map the model file instead of reading it (shared pages; dies if the file is truncated)",
+         NULL},
         {"image", 'i', 0, G_OPTION_ARG_FILENAME, &image_path,
          "Image: any format GStreamer decodes, or a uint8 HxWx3 .npy", "FILE"},
         {"prompt", 'p', 0, G_OPTION_ARG_STRING_ARRAY, &prompts,
@@ -323,9 +346,13 @@ int main(int argc, char **argv)
     if (!model_path)
         die("no model: pass -m MODEL.gguf");
 
-    CobraModel *model = cobra_model_load(model_path, &err);
+    gint64 t_load = g_get_monotonic_time();
+    CobraModel *model = cobra_model_load_with_flags(
+        model_path, use_mmap ? COBRA_LOAD_MMAP : COBRA_LOAD_DEFAULT, &err);
     if (!model)
         die("%s", err->message);
+    if (!do_tokenize && !do_detokenize)
+        fprintf(stderr, "model loaded in %.3f s\n", (g_get_monotonic_time() - t_load) / 1e6);
     if (do_tokenize || do_detokenize) {
         int status = do_tokenize ? tokenize(model) : detokenize(model, skip_special);
         cobra_model_free(model);

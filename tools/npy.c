@@ -18,6 +18,41 @@ static size_t dtype_size(const char *code)
     return (size_t)(code[1] - '0');
 }
 
+/* The dict of a .npy header (NUL-terminated) into out's dtype, shape and sizes. */
+static gboolean parse_header(const char *hdr, Npy *out)
+{
+    const char *d = strstr(hdr, "'descr':");
+    const char *f = strstr(hdr, "'fortran_order':");
+    const char *s = strstr(hdr, "'shape':");
+    if (!d || !f || !s || strncmp(f + 16, " False", 6) != 0)
+        return FALSE;
+    /* 'B' + two-character code + ', where B is the byte order */
+    const char *q = strchr(d + 8, '\'');
+    if (!q || strnlen(q, 5) < 5 || (q[1] != '<' && q[1] != '|') || q[4] != '\'')
+        return FALSE;
+    memcpy(out->dtype, q + 2, 2);
+    out->dtype[2] = 0;
+    out->elem_size = dtype_size(out->dtype);
+    const char *p = strchr(s, '(');
+    if (!p || out->elem_size == 0)
+        return FALSE;
+    out->n_elems = 1;
+    for (p++; *p != ')';) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (*p == ')')
+            break;
+        char *end;
+        gint64 dim = g_ascii_strtoll(p, &end, 10);
+        if (end == p || dim < 0 || out->n_dims == NPY_MAX_DIMS ||
+            !g_size_checked_mul(&out->n_elems, out->n_elems, (size_t)dim))
+            return FALSE;
+        out->shape[out->n_dims++] = dim;
+        p = end;
+    }
+    return TRUE;
+}
+
 gboolean npy_load(const char *path, Npy *out, GError **error)
 {
     memset(out, 0, sizeof *out);
@@ -46,50 +81,17 @@ gboolean npy_load(const char *path, Npy *out, GError **error)
         fail(error, path, "truncated header");
         goto out;
     }
+    /* A copy, so the header's end is a NUL whatever the file holds: every look below stops there
+     * (strnlen before indexing), never at the end of the buffer. */
     gchar *hdr = g_strndup(buf + hstart, hlen);
-    const char *d = strstr(hdr, "'descr':");
-    const char *f = strstr(hdr, "'fortran_order':");
-    const char *s = strstr(hdr, "'shape':");
-    if (!d || !f || !s || strncmp(f + 16, " False", 6) != 0) {
-        g_free(hdr);
-        fail(error, path, "header without descr/shape or in Fortran order");
-        goto out;
-    }
-    const char *q = strchr(d + 8, '\'');
-    if (!q || (q[1] != '<' && q[1] != '|') || q[4] != '\'') {
-        g_free(hdr);
-        fail(error, path, "unsupported dtype (only little-endian numbers)");
-        goto out;
-    }
-    memcpy(out->dtype, q + 2, 2);
-    out->dtype[2] = 0;
-    out->elem_size = dtype_size(out->dtype);
-    const char *p = strchr(s, '(');
-    out->n_elems = 1;
-    if (p) {
-        p++;
-        while (*p && *p != ')') {
-            while (*p == ' ' || *p == ',')
-                p++;
-            if (*p == ')')
-                break;
-            if (out->n_dims == NPY_MAX_DIMS)
-                break;
-            char *end;
-            out->shape[out->n_dims] = g_ascii_strtoll(p, &end, 10);
-            if (end == p)
-                break;
-            out->n_elems *= (size_t)out->shape[out->n_dims++];
-            p = end;
-        }
-    }
-    gboolean shape_ok = p && *p == ')';
+    gboolean hdr_ok = parse_header(hdr, out);
     g_free(hdr);
-    if (!shape_ok || out->elem_size == 0) {
-        fail(error, path, "malformed shape or dtype");
+    size_t nbytes;
+    if (!hdr_ok || !g_size_checked_mul(&nbytes, out->n_elems, out->elem_size)) {
+        fail(error, path, "malformed header: expected {'descr': '<xN', 'fortran_order': False, "
+             "'shape': (...)} with a little-endian number type and a shape that fits in memory");
         goto out;
     }
-    size_t nbytes = out->n_elems * out->elem_size;
     if (len - hstart - hlen < nbytes) {
         fail(error, path, "truncated data");
         goto out;

@@ -4,33 +4,10 @@
  * image, one short question): whatever validation accepts must also be safe to run. */
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "cobra.h"
 #include "fuzz.h"
-
-/* The file lives in memory (memfd), so runs leave nothing on disk and cost no disk I/O; the path
- * through /proc makes the loader open, stat and map it exactly as a file on disk. */
-static int input_file(const uint8_t *data, size_t size, char *path, size_t path_size)
-{
-    int fd = memfd_create("fuzz-gguf", MFD_CLOEXEC);
-    if (fd < 0) {
-        perror("memfd_create");
-        abort();
-    }
-    for (size_t done = 0; done < size;) {
-        ssize_t n = write(fd, data + done, size - done);
-        if (n <= 0) {
-            perror("write");
-            abort();
-        }
-        done += (size_t)n;
-    }
-    snprintf(path, path_size, "/proc/self/fd/%d", fd);
-    return fd;
-}
 
 static void use_model(CobraModel *model)
 {
@@ -51,7 +28,7 @@ static void use_model(CobraModel *model)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char path[64];
-    int fd = input_file(data, size, path, sizeof path);
+    int fd = fuzz_input_file(data, size, path, sizeof path);
     GError *error = NULL;
     CobraModel *model = cobra_model_load(path, &error);
     if (model) {

@@ -10,10 +10,13 @@ would be too big a seed: mutations would land in tensor data.
 tokenizer: texts from tests/data/tokenizer/cases.jsonl, and the ids of some cases as 16-bit ids.
 image: one small frame per pixel format, odd sizes and padded strides among them.
 labels: NUL-separated label lists, one per rule of cobra_session_score_labels() and some that pass.
+npy: arrays as numpy writes them (versions 1.0 and 2.0, the dtypes cobra-cli reads, an empty
+shape), and headers that end early, among them the one that ends right after 'descr':'<.
 
-    /usr/bin/python3 tests/fuzz/make_seeds.py
+    /usr/bin/python3 tests/fuzz/make_seeds.py [SURFACE...]   (default: all)
 """
 
+import io
 import json
 import pathlib
 import struct
@@ -250,9 +253,44 @@ def labels_seeds(out):
         (out / name).write_bytes(b"\0".join(encoded))
 
 
+# ---------------------------------------------------------------------------------------------
+# npy
+# ---------------------------------------------------------------------------------------------
+
+def npy_bytes(array, version=None):
+    buf = io.BytesIO()
+    if version:
+        np.lib.format.write_array(buf, array, version=version)
+    else:
+        np.save(buf, array)
+    return buf.getvalue()
+
+
+def npy_header_only(header):
+    """A version 1.0 file that ends where its header does."""
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def npy_seeds(out):
+    rng = np.random.default_rng(13)
+    (out / "image-u1").write_bytes(npy_bytes(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8)))
+    (out / "f4").write_bytes(npy_bytes(rng.standard_normal((2, 3)).astype(np.float32)))
+    (out / "i4-v2").write_bytes(npy_bytes(np.arange(7, dtype=np.int32), version=(2, 0)))
+    (out / "f8-scalar").write_bytes(npy_bytes(np.float64(1.5)))
+    (out / "empty").write_bytes(npy_bytes(np.zeros((0, 4), dtype=np.uint8)))
+    (out / "descr-last-cut").write_bytes(
+        npy_header_only(b"{'fortran_order': False, 'shape': (2,), 'descr':'<"))
+    (out / "shape-cut").write_bytes(
+        npy_header_only(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, "))
+
+
 def main():
-    for surface, make in [("gguf", gguf_seeds), ("tokenizer", tokenizer_seeds),
-                          ("image", image_seeds), ("labels", labels_seeds)]:
+    surfaces = [("gguf", gguf_seeds), ("tokenizer", tokenizer_seeds), ("image", image_seeds),
+                ("npy", npy_seeds), ("labels", labels_seeds)]
+    chosen = sys.argv[1:] or [name for name, _ in surfaces]
+    for surface, make in surfaces:
+        if surface not in chosen:
+            continue
         out = HERE / "corpus" / surface
         out.mkdir(parents=True, exist_ok=True)
         for old in out.iterdir():
