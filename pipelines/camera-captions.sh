@@ -9,6 +9,8 @@
 #
 #   pipelines/camera-captions.sh [NUM_BUFFERS]   (default 90, 3 s at 30 fps; -1 = until Ctrl-C)
 #
+# Needs: v4l2src and autovideosink (gstreamer1.0-plugins-good), textoverlay (gstreamer1.0-x),
+# videoconvert and videotestsrc (gstreamer1.0-plugins-base): tools/install-deps.sh installs them.
 # Environment: see lib.sh; DEVICE (default /dev/video0).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"

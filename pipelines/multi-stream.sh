@@ -9,6 +9,7 @@
 #
 #   pipelines/multi-stream.sh [STREAMS [NUM_BUFFERS]]   (default 3 streams, 30 frames at 10 fps)
 #
+# Needs: videotestsrc, videoconvert (gstreamer1.0-plugins-base): tools/install-deps.sh installs them.
 # Environment: see lib.sh.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
