@@ -41,7 +41,10 @@ STOP=()
 if [ "$SECONDS_TO_RUN" != 0 ]; then
     # SIGINT makes gst-launch-1.0 -e send EOS and exit 0 once the captions in progress are out;
     # its own status is the script's (not timeout's 124), and a stuck one is killed 10 s later.
-    STOP=(timeout --preserve-status -s INT -k 10 "$SECONDS_TO_RUN")
+    # --foreground: one SIGINT, to gst-launch-1.0 only. Without it timeout signals its process
+    # group as well, and a second SIGINT that lands after gst-launch-1.0's handler has run kills
+    # it (status 130, 1 run in 8 here).
+    STOP=(timeout --foreground --preserve-status -s INT -k 10 "$SECONDS_TO_RUN")
 fi
 
 # $SRC and $SINK are pipeline fragments: split on purpose

@@ -13,28 +13,33 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LIST=$ROOT/tools/gst-deps.txt
 
+# Only the system's plugins, in a registry of our own: not the build tree's plugin (a sanitizer
+# build's cannot be loaded into gst-inspect-1.0) and not the registry the other tests share.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export GST_PLUGIN_PATH_1_0= GST_PLUGIN_PATH= GST_REGISTRY_1_0="$tmp/registry.bin" \
+    GST_REGISTRY="$tmp/registry.bin"
+
 if [ "${1:-}" = --hide-plugin ]; then
     plugin=$2
     sysdir=$(pkg-config --variable=pluginsdir gstreamer-1.0)
     [ -f "$sysdir/libgst$plugin.so" ] || { echo "SKIP: no $sysdir/libgst$plugin.so"; exit 77; }
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
     mkdir "$tmp/plugins"
     for f in "$sysdir"/*.so; do
         [ "$f" = "$sysdir/libgst$plugin.so" ] || ln -s "$f" "$tmp/plugins/"
     done
-    out=$(GST_PLUGIN_SYSTEM_PATH_1_0="$tmp/plugins" GST_PLUGIN_PATH_1_0= GST_PLUGIN_PATH= \
-        GST_REGISTRY_1_0="$tmp/registry.bin" GST_REGISTRY="$tmp/registry.bin" "$0" 2>&1)
+    out=$(GST_PLUGIN_SYSTEM_PATH_1_0="$tmp/plugins" "$0" 2>&1)
     rc=$?
     echo "$out"
     # the elements of that plugin, as the list names them, and their package
-    expected=$(gst-inspect-1.0 "$plugin" 2>/dev/null | awk '/^  [a-z0-9_]+: / { sub(":", "", $1); print $1 }' |
+    expected=$(gst-inspect-1.0 "$plugin" 2>/dev/null |
+        awk '/^  [a-z0-9_]+: / { sub(":", "", $1); print $1 }' |
         while read -r e; do awk -v e="$e" '$1 == "element" && $2 == e { print $2, $3 }' "$LIST"; done)
     [ -n "$expected" ] || { echo "FAIL: $LIST lists no element of plugin $plugin"; exit 1; }
     status=0
     [ $rc -ne 0 ] || { echo "FAIL: the check passed without plugin $plugin"; status=1; }
     while read -r element package; do
-        echo "$out" | grep -q "missing GStreamer element $element: .*$package" ||
+        grep -q "missing GStreamer element $element: .*$package" <<< "$out" ||
             { echo "FAIL: no message naming $element and $package"; status=1; }
     done <<< "$expected"
     [ $status -ne 0 ] || echo "ok: with plugin $plugin hidden the check fails naming" $expected

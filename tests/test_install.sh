@@ -11,11 +11,17 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-option() {
-    "$meson" introspect "$build" --buildoptions |
-        /usr/bin/python3 -c "import json, sys; print(next(o['value'] for o in json.load(sys.stdin) if o['name'] == '$1'))"
+option() {  # a meson option of the build
+    "$meson" introspect "$build" --buildoptions | /usr/bin/python3 -c \
+        "import json, sys; print(next(o['value'] for o in json.load(sys.stdin) if o['name'] == '$1'))"
 }
-prefix=$(option prefix) libdir=$(option libdir) bindir=$(option bindir) sanitize=$(option b_sanitize)
+if [ "$(option b_sanitize)" != none ]; then
+    # gst-inspect-1.0 and the test program would need the sanitizer runtimes; what is installed
+    # does not depend on them, and the plain build runs this test.
+    echo "SKIP: a sanitizer build"
+    exit 77
+fi
+prefix=$(option prefix) libdir=$(option libdir) bindir=$(option bindir)
 case "$libdir" in /*) ;; *) libdir=$prefix/$libdir ;; esac
 case "$bindir" in /*) ;; *) bindir=$prefix/$bindir ;; esac
 
@@ -23,20 +29,12 @@ case "$bindir" in /*) ;; *) bindir=$prefix/$bindir ;; esac
 root=$tmp/root
 echo "installed into $root$prefix"
 
-# A sanitizer build: the uninstrumented gst-inspect-1.0 needs the ASan runtime preloaded to load
-# the plugin, and the test program is built with the same -fsanitize.
-sanitize_flags=() preload=
-if [ "$sanitize" != none ]; then
-    sanitize_flags=(-fsanitize="$sanitize")
-    case "$sanitize" in *address*) preload=$(cc -print-file-name=libasan.so) ;; esac
-fi
-
 # the plugin, found through GST_PLUGIN_PATH in a fresh registry, not the build tree's
 plugin_dir=$root$libdir/gstreamer-1.0
 [ -f "$plugin_dir/libgstcobra.so" ] || fail "no $plugin_dir/libgstcobra.so"
-inspect=$(GST_PLUGIN_PATH="$plugin_dir" GST_PLUGIN_PATH_1_0="$plugin_dir" GST_REGISTRY="$tmp/registry.bin" \
-    GST_REGISTRY_1_0="$tmp/registry.bin" LD_PRELOAD=$preload ASAN_OPTIONS=detect_leaks=0 \
-    gst-inspect-1.0 cobravlm) || fail "gst-inspect-1.0 cobravlm does not find the installed plugin"
+inspect=$(GST_PLUGIN_PATH="$plugin_dir" GST_PLUGIN_PATH_1_0="$plugin_dir" \
+    GST_REGISTRY="$tmp/registry.bin" GST_REGISTRY_1_0="$tmp/registry.bin" gst-inspect-1.0 cobravlm) ||
+    fail "gst-inspect-1.0 cobravlm does not find the installed plugin"
 grep -q "Filename *$plugin_dir/libgstcobra.so" <<< "$inspect" ||
     fail "gst-inspect-1.0 loaded another plugin: $(echo "$inspect" | grep Filename)"
 echo "$inspect" | grep -E "^  (Filename|Version|Binary package|Origin URL)"
@@ -73,7 +71,7 @@ sed "s|^prefix=.*|prefix=$root$prefix|" "$root$libdir/pkgconfig/cobra.pc" > "$tm
 grep -q "^prefix=$prefix\$" "$root$libdir/pkgconfig/cobra.pc" || fail "cobra.pc does not set prefix=$prefix"
 export PKG_CONFIG_PATH=$tmp/pkgconfig
 # shellcheck disable=SC2046
-cc -std=c11 "${sanitize_flags[@]}" "$tmp/name.c" -o "$tmp/name" $(pkg-config --cflags --libs cobra) ||
+cc -std=c11 "$tmp/name.c" -o "$tmp/name" $(pkg-config --cflags --libs cobra) ||
     fail "a program does not build against the installed cobra.pc"
 got=$(LD_LIBRARY_PATH=$root$libdir "$tmp/name" "$model") || fail "the program could not load $model"
 libs=$(LD_LIBRARY_PATH=$root$libdir ldd "$tmp/name")
