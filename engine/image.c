@@ -8,41 +8,76 @@
 
 /* ---- formats ---------------------------------------------------------------------------------- */
 
-/* Packed formats: bytes per pixel and the byte offsets of R, G, B (GStreamer names memory order). */
+/* Packed RGB formats: bytes per pixel and the byte offsets of R, G, B (GStreamer names memory
+ * order). GRAY8's one byte is R, G and B, as videoconvert shows it. */
 typedef struct {
-    const char *name;
     int bpp, r, g, b;
 } PackedLayout;
 
-static const PackedLayout layouts[] = {
-    [COBRA_FORMAT_RGB] = { "RGB", 3, 0, 1, 2 },   [COBRA_FORMAT_RGBA] = { "RGBA", 4, 0, 1, 2 },
-    [COBRA_FORMAT_RGBx] = { "RGBx", 4, 0, 1, 2 }, [COBRA_FORMAT_BGR] = { "BGR", 3, 2, 1, 0 },
-    [COBRA_FORMAT_BGRA] = { "BGRA", 4, 2, 1, 0 }, [COBRA_FORMAT_BGRx] = { "BGRx", 4, 2, 1, 0 },
-    [COBRA_FORMAT_ARGB] = { "ARGB", 4, 1, 2, 3 }, [COBRA_FORMAT_xRGB] = { "xRGB", 4, 1, 2, 3 },
-    [COBRA_FORMAT_ABGR] = { "ABGR", 4, 3, 2, 1 }, [COBRA_FORMAT_xBGR] = { "xBGR", 4, 3, 2, 1 },
-    [COBRA_FORMAT_I420] = { "I420", 0, 0, 0, 0 }, [COBRA_FORMAT_NV12] = { "NV12", 0, 0, 0, 0 },
+/* The n-th sample of a component in a row of its plane is the byte at offset + n * step. */
+typedef struct {
+    int plane, offset, step;
+} Sample;
+
+/* YUV formats: chroma is halved horizontally, and vertically too where chroma_rows_halved
+ * (4:2:0; 4:2:2 otherwise). interpolated: how videoconvert upsamples the chroma (see below). */
+typedef struct {
+    Sample y, u, v;
+    gboolean chroma_rows_halved, interpolated;
+} YuvLayout;
+
+typedef struct {
+    const char *name;
+    gboolean is_yuv;
+    PackedLayout packed;
+    YuvLayout yuv;
+} Layout;
+
+/* Y, U, V as { plane, offset, step }, chroma_rows_halved, interpolated */
+#define YUV(name, ...) { name, TRUE, .yuv = { __VA_ARGS__ } }
+
+static const Layout layouts[] = {
+    [COBRA_FORMAT_RGB] = { "RGB", .packed = { 3, 0, 1, 2 } },
+    [COBRA_FORMAT_RGBA] = { "RGBA", .packed = { 4, 0, 1, 2 } },
+    [COBRA_FORMAT_RGBx] = { "RGBx", .packed = { 4, 0, 1, 2 } },
+    [COBRA_FORMAT_BGR] = { "BGR", .packed = { 3, 2, 1, 0 } },
+    [COBRA_FORMAT_BGRA] = { "BGRA", .packed = { 4, 2, 1, 0 } },
+    [COBRA_FORMAT_BGRx] = { "BGRx", .packed = { 4, 2, 1, 0 } },
+    [COBRA_FORMAT_ARGB] = { "ARGB", .packed = { 4, 1, 2, 3 } },
+    [COBRA_FORMAT_xRGB] = { "xRGB", .packed = { 4, 1, 2, 3 } },
+    [COBRA_FORMAT_ABGR] = { "ABGR", .packed = { 4, 3, 2, 1 } },
+    [COBRA_FORMAT_xBGR] = { "xBGR", .packed = { 4, 3, 2, 1 } },
+    [COBRA_FORMAT_GRAY8] = { "GRAY8", .packed = { 1, 0, 0, 0 } },
+    [COBRA_FORMAT_I420] = YUV("I420", { 0, 0, 1 }, { 1, 0, 1 }, { 2, 0, 1 }, TRUE, FALSE),
+    [COBRA_FORMAT_YV12] = YUV("YV12", { 0, 0, 1 }, { 2, 0, 1 }, { 1, 0, 1 }, TRUE, FALSE),
+    [COBRA_FORMAT_NV12] = YUV("NV12", { 0, 0, 1 }, { 1, 0, 2 }, { 1, 1, 2 }, TRUE, TRUE),
+    [COBRA_FORMAT_NV21] = YUV("NV21", { 0, 0, 1 }, { 1, 1, 2 }, { 1, 0, 2 }, TRUE, TRUE),
+    [COBRA_FORMAT_YUY2] = YUV("YUY2", { 0, 0, 2 }, { 0, 1, 4 }, { 0, 3, 4 }, FALSE, TRUE),
+    [COBRA_FORMAT_UYVY] = YUV("UYVY", { 0, 1, 2 }, { 0, 0, 4 }, { 0, 2, 4 }, FALSE, TRUE),
 };
 
-static gboolean is_yuv(CobraPixelFormat f)
-{
-    return f == COBRA_FORMAT_I420 || f == COBRA_FORMAT_NV12;
-}
-
-/* Planes of a format and the least bytes per row of each. */
+/* Planes of a format and the least bytes per row of each (whole 2-pixel groups for 4:2:2, as
+ * GStreamer lays them out). */
 static int plane_rows(const CobraImage *img, int min_stride[3])
 {
     int cw = (img->width + 1) / 2;
     switch (img->format) {
     case COBRA_FORMAT_I420:
+    case COBRA_FORMAT_YV12:
         min_stride[0] = img->width;
         min_stride[1] = min_stride[2] = cw;
         return 3;
     case COBRA_FORMAT_NV12:
+    case COBRA_FORMAT_NV21:
         min_stride[0] = img->width;
         min_stride[1] = 2 * cw;
         return 2;
+    case COBRA_FORMAT_YUY2:
+    case COBRA_FORMAT_UYVY:
+        min_stride[0] = 4 * cw;
+        return 1;
     default:
-        min_stride[0] = img->width * layouts[img->format].bpp;
+        min_stride[0] = img->width * layouts[img->format].packed.bpp;
         return 1;
     }
 }
@@ -66,7 +101,7 @@ gboolean image_validate(const CobraImage *img, GError **error)
                     COBRA_MAX_IMAGE_SIDE);
         return FALSE;
     }
-    if (is_yuv(img->format) && ((unsigned)img->yuv_matrix > COBRA_YUV_BT709_FULL)) {
+    if (layouts[img->format].is_yuv && ((unsigned)img->yuv_matrix > COBRA_YUV_BT709_FULL)) {
         g_set_error(error, COBRA_ERROR, COBRA_ERROR_INVALID, "YUV matrix %d is not supported",
                     (int)img->yuv_matrix);
         return FALSE;
@@ -96,7 +131,7 @@ static inline uint8_t clamp_u8(int v)
 
 static void packed_to_rgb(const CobraImage *img, uint8_t *rgb)
 {
-    const PackedLayout *l = &layouts[img->format];
+    const PackedLayout *l = &layouts[img->format].packed;
 #pragma omp parallel for schedule(static) if ((size_t)img->width * img->height >= 65536)
     for (int y = 0; y < img->height; y++) {
         const uint8_t *s = img->planes[0] + (size_t)y * img->strides[0];
@@ -143,11 +178,11 @@ static inline void yuv_pixel(const YuvCoeffs *c, int y, int u, int v, uint8_t *d
     d[2] = clamp_u8((yy + c->cbu * u) >> 16);
 }
 
-/* 4:2:0 chroma as GStreamer 1.22's videoconvert (default settings) upsamples it, so a frame gives
- * the RGB a videoconvert in front of us would give (checked empirically in test_image.c):
- * - I420 takes its fast path, which repeats each chroma sample over its 2 x 2 luma block;
- * - NV12 takes the generic path, which interpolates centred chroma with 3:1 taps, horizontally
- *   then vertically, each pass rounded, the edge sample repeated.
+/* Chroma as GStreamer 1.22's videoconvert (default settings) upsamples it, so a frame gives the
+ * RGB a videoconvert in front of us would give (checked empirically in test_image.c):
+ * - I420 and YV12 take its fast path, which repeats each chroma sample over its 2 x 2 luma block;
+ * - NV12, NV21, YUY2 and UYVY take the generic path, which interpolates centred chroma with 3:1
+ *   taps, horizontally then (4:2:0) vertically, each pass rounded, the edge sample repeated.
  * Odd sizes: the last chroma column/row covers a single luma column/row. The matrix arithmetic is
  * the standard one, rounded (yuv_pixel); videoconvert's 8-bit fast path truncates and drops the
  * luma offset, so its limited-range output is about 2 levels darker (at most 6 here). */
@@ -156,51 +191,54 @@ static inline int chroma_3_1(int near, int far)
     return (3 * near + far + 2) >> 2;
 }
 
-static void i420_row(const CobraImage *img, const YuvCoeffs *c, int y, uint8_t *d)
+static inline const uint8_t *sample_row(const CobraImage *img, const Sample *s, int row)
 {
-    const uint8_t *py = img->planes[0] + (size_t)y * img->strides[0];
-    const uint8_t *pu = img->planes[1] + (size_t)(y / 2) * img->strides[1];
-    const uint8_t *pv = img->planes[2] + (size_t)(y / 2) * img->strides[2];
-    for (int x = 0; x < img->width; x++)
-        yuv_pixel(c, py[x], pu[x / 2], pv[x / 2], d + 3 * x);
+    return img->planes[s->plane] + (size_t)row * img->strides[s->plane] + s->offset;
 }
 
-static void nv12_row(const CobraImage *img, const YuvCoeffs *c, int y, uint8_t *d)
+/* Chroma sample i of rows r0 (nearest) and r1 (the other side), interpolated towards in. */
+static inline int chroma_interpolated(const uint8_t *r0, const uint8_t *r1, int step, int i, int in)
+{
+    return chroma_3_1(chroma_3_1(r0[i * step], r0[in * step]),
+                      chroma_3_1(r1[i * step], r1[in * step]));
+}
+
+static void yuv_row(const CobraImage *img, const YuvLayout *l, const YuvCoeffs *c, int y,
+                    uint8_t *d)
 {
     int cw = (img->width + 1) / 2, ch = (img->height + 1) / 2;
-    /* the chroma row nearest to this luma row, and the one on its other side */
-    int j = y / 2, jn = CLAMP(y % 2 ? j + 1 : j - 1, 0, ch - 1);
-    const uint8_t *py = img->planes[0] + (size_t)y * img->strides[0];
-    const uint8_t *r0 = img->planes[1] + (size_t)j * img->strides[1];
-    const uint8_t *r1 = img->planes[1] + (size_t)jn * img->strides[1];
+    int j = l->chroma_rows_halved ? y / 2 : y;
+    const uint8_t *py = sample_row(img, &l->y, y);
+    const uint8_t *u0 = sample_row(img, &l->u, j), *v0 = sample_row(img, &l->v, j);
+    if (!l->interpolated) {
+        for (int x = 0; x < img->width; x++)
+            yuv_pixel(c, py[x * l->y.step], u0[x / 2 * l->u.step], v0[x / 2 * l->v.step], d + 3 * x);
+        return;
+    }
+    /* the chroma row nearest to this luma row, and the one on its other side (4:2:0 only: a
+     * 4:2:2 row interpolates with itself, which leaves it as it is) */
+    int jn = l->chroma_rows_halved ? CLAMP(y % 2 ? j + 1 : j - 1, 0, ch - 1) : j;
+    const uint8_t *u1 = sample_row(img, &l->u, jn), *v1 = sample_row(img, &l->v, jn);
     for (int x = 0; x < img->width; x++) {
         int i = x / 2, in = CLAMP(x % 2 ? i + 1 : i - 1, 0, cw - 1);
-        int uv[2];
-        for (int k = 0; k < 2; k++) /* U at even bytes, V at odd */
-            uv[k] = chroma_3_1(chroma_3_1(r0[2 * i + k], r0[2 * in + k]),
-                               chroma_3_1(r1[2 * i + k], r1[2 * in + k]));
-        yuv_pixel(c, py[x], uv[0], uv[1], d + 3 * x);
+        yuv_pixel(c, py[x * l->y.step], chroma_interpolated(u0, u1, l->u.step, i, in),
+                  chroma_interpolated(v0, v1, l->v.step, i, in), d + 3 * x);
     }
 }
 
-static void yuv420_to_rgb(const CobraImage *img, uint8_t *rgb)
+static void yuv_to_rgb(const CobraImage *img, uint8_t *rgb)
 {
     YuvCoeffs c = yuv_coeffs(img->yuv_matrix);
-    gboolean nv12 = img->format == COBRA_FORMAT_NV12;
+    const YuvLayout *l = &layouts[img->format].yuv;
 #pragma omp parallel for schedule(static) if ((size_t)img->width * img->height >= 65536)
-    for (int y = 0; y < img->height; y++) {
-        uint8_t *d = rgb + (size_t)y * img->width * 3;
-        if (nv12)
-            nv12_row(img, &c, y, d);
-        else
-            i420_row(img, &c, y, d);
-    }
+    for (int y = 0; y < img->height; y++)
+        yuv_row(img, l, &c, y, rgb + (size_t)y * img->width * 3);
 }
 
 void image_to_rgb(const CobraImage *img, uint8_t *rgb)
 {
-    if (is_yuv(img->format))
-        yuv420_to_rgb(img, rgb);
+    if (layouts[img->format].is_yuv)
+        yuv_to_rgb(img, rgb);
     else
         packed_to_rgb(img, rgb);
 }

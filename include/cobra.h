@@ -52,9 +52,14 @@ typedef enum {
     COBRA_FORMAT_xBGR,
     COBRA_FORMAT_I420, /* planar Y, U, V; chroma halved in both directions */
     COBRA_FORMAT_NV12, /* plane Y, plane of interleaved U,V; chroma halved in both directions */
+    COBRA_FORMAT_GRAY8, /* one luma byte per pixel, shown as R = G = B */
+    COBRA_FORMAT_YUY2,  /* packed Y0,U,Y1,V: chroma halved horizontally (4:2:2) */
+    COBRA_FORMAT_UYVY,  /* packed U,Y0,V,Y1 (4:2:2) */
+    COBRA_FORMAT_NV21,  /* as NV12 with V,U interleaved */
+    COBRA_FORMAT_YV12,  /* as I420 with the V plane before the U plane */
 } CobraPixelFormat;
 
-/* YUV to RGB conversion for I420 and NV12 (ignored for RGB formats). */
+/* YUV to RGB conversion for the YUV formats (ignored for RGB and GRAY8). */
 typedef enum {
     COBRA_YUV_BT601_LIMITED, /* the default of SD video */
     COBRA_YUV_BT709_LIMITED, /* the default of HD video */

@@ -9,6 +9,10 @@
 #   pipelines/file-to-srt.sh [INPUT [OUTPUT.srt]]
 #
 # Without INPUT a 6 s test clip is made first. OUTPUT defaults to INPUT with .srt.
+# Needs: decodebin (gstreamer1.0-plugins-base) and a demuxer and decoder for INPUT (the test clip:
+# avimux/avidemux, jpegenc/jpegdec from gstreamer1.0-plugins-good; H.264 in MP4 or Matroska:
+# qtdemux/matroskademux, h264parse, avdec_h264 from good, bad and gstreamer1.0-libav):
+# tools/install-deps.sh installs them.
 # Environment: see lib.sh; INTERVAL (seconds, default 2); OUT_DIR (where a test clip goes).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"

@@ -1,7 +1,9 @@
-/* gst-cobra: the cobravlm element's insides, shared by its three files:
+/* gst-cobra: the cobravlm element's insides, shared by its files:
  * gstcobravlm.c (the element: properties, caps, states, the streaming thread),
  * cobravlm-worker.c (jobs: what runs the model, on the worker thread or the streaming thread),
- * cobravlm-text.c (the text_src pad, its bounded queue and the JSON form of results).
+ * cobravlm-text.c (the text_src pad, its bounded queue and the JSON form of results),
+ * cobravlm-frame.c (regions, crops and thumbnails read from a frame),
+ * cobravlm-models.c (one loaded model per file in the process).
  *
  * This library is free software; you can redistribute it and/or
  * modify it under the terms of the GNU Library General Public
@@ -156,6 +158,10 @@ struct _GstCobraVlm
   GstClockTime text_position;   /* end of the time queued so far: text time never goes back */
   gchar *caption;               /* what text mode repeats on every frame */
 };
+
+/* cobravlm-models.c */
+CobraModel *shared_model_acquire (const gchar * path, GError ** error);
+void shared_model_release (CobraModel * model);
 
 /* cobravlm-frame.c */
 GArray *frame_regions (GstBuffer * buf, const GstVideoInfo * info, gchar ** types, guint max,

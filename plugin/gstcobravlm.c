@@ -139,6 +139,11 @@ static const struct
 } formats[] = {
   {GST_VIDEO_FORMAT_I420, COBRA_FORMAT_I420},
   {GST_VIDEO_FORMAT_NV12, COBRA_FORMAT_NV12},
+  {GST_VIDEO_FORMAT_NV21, COBRA_FORMAT_NV21},
+  {GST_VIDEO_FORMAT_YV12, COBRA_FORMAT_YV12},
+  {GST_VIDEO_FORMAT_YUY2, COBRA_FORMAT_YUY2},
+  {GST_VIDEO_FORMAT_UYVY, COBRA_FORMAT_UYVY},
+  {GST_VIDEO_FORMAT_GRAY8, COBRA_FORMAT_GRAY8},
   {GST_VIDEO_FORMAT_RGB, COBRA_FORMAT_RGB},
   {GST_VIDEO_FORMAT_BGR, COBRA_FORMAT_BGR},
   {GST_VIDEO_FORMAT_RGBA, COBRA_FORMAT_RGBA},
@@ -466,7 +471,7 @@ gst_cobra_vlm_finalize (GObject * object)
   g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
   text_queue_clear (self);
   /* only when the application disposed of the element without setting it to NULL */
-  g_clear_pointer (&self->model, cobra_model_free);
+  g_clear_pointer (&self->model, shared_model_release);
   g_mutex_clear (&self->lock);
   g_cond_clear (&self->cond);
   g_mutex_clear (&self->text_lock);
@@ -803,7 +808,7 @@ gst_cobra_vlm_load_model (GstCobraVlm * self)
     return TRUE;
   }
 
-  model = cobra_model_load (path, &err);
+  model = shared_model_acquire (path, &err);
   if (model == NULL) {
     GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
         ("Could not load the model file \"%s\": %s", path, err->message), (NULL));
@@ -813,7 +818,7 @@ gst_cobra_vlm_load_model (GstCobraVlm * self)
   }
   GST_INFO_OBJECT (self, "loaded %s (%s, %d px)", path, cobra_model_name (model),
       cobra_model_image_size (model));
-  g_clear_pointer (&self->model, cobra_model_free);
+  g_clear_pointer (&self->model, shared_model_release);
   self->model = model;
   g_free (path);
   return TRUE;
@@ -1292,11 +1297,11 @@ gst_cobra_vlm_change_state (GstElement * element, GstStateChange transition)
 
   switch (transition) {
     case GST_STATE_CHANGE_READY_TO_NULL:
-      g_clear_pointer (&self->model, cobra_model_free);
+      g_clear_pointer (&self->model, shared_model_release);
       break;
     case GST_STATE_CHANGE_NULL_TO_READY:
       if (ret == GST_STATE_CHANGE_FAILURE)
-        g_clear_pointer (&self->model, cobra_model_free);
+        g_clear_pointer (&self->model, shared_model_release);
       break;
     default:
       break;

@@ -1337,7 +1337,7 @@ static void test_long_run(void)
     g_free(desc);
 }
 
-/* Four elements on one model file in one pipeline agree on every frame. */
+/* Four elements on one model file in one pipeline share one load of it and agree on every frame. */
 static void test_shared_model(void)
 {
     GString *desc = g_string_new(
@@ -1349,6 +1349,15 @@ static void test_shared_model(void)
                                "async=false max-tokens=%d ! fakesink ",
                                i, model_file, N_THREADS, MAX_TOKENS);
     GstElement *p = launch(desc->str);
+    GStatBuf st;
+    g_assert_cmpint(g_stat(model_file, &st), ==, 0);
+    /* the four elements hold the weights once (one load, shared) */
+    guint64 before = rss_kib();
+    g_assert_cmpint(gst_element_set_state(p, GST_STATE_READY), ==, GST_STATE_CHANGE_SUCCESS);
+    guint64 grown = rss_kib() - before;
+    g_test_message("4 elements on a %" G_GINT64_FORMAT " KiB model: RSS +%" G_GUINT64_FORMAT " KiB",
+                   (gint64)st.st_size / 1024, grown);
+    g_assert_cmpuint(grown, <, 5 * (guint64)st.st_size / 1024 / 2); /* 4 copies: > 4x */
     GHashTable *results = run_to_eos(p);
 
     g_assert_cmpuint(g_hash_table_size(results), ==, 4);

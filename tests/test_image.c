@@ -341,10 +341,33 @@ static GstSample *convert(GstSample *in, const char *caps_str)
     return out;
 }
 
-static void check_yuv(const Rgb *src, const char *format, const char *colorimetry,
-                      CobraYuvMatrix matrix, int tolerance)
+/* The formats that go through videoconvert here, by GStreamer's name. */
+static const struct {
+    const char *name;
+    CobraPixelFormat format;
+} converted_formats[] = {
+    { "I420", COBRA_FORMAT_I420 }, { "YV12", COBRA_FORMAT_YV12 }, { "NV12", COBRA_FORMAT_NV12 },
+    { "NV21", COBRA_FORMAT_NV21 }, { "YUY2", COBRA_FORMAT_YUY2 }, { "UYVY", COBRA_FORMAT_UYVY },
+    { "GRAY8", COBRA_FORMAT_GRAY8 },
+};
+
+static CobraPixelFormat format_from_name(const char *name)
 {
-    char *caps = g_strdup_printf("video/x-raw,format=%s,colorimetry=%s", format, colorimetry);
+    for (size_t i = 0; i < G_N_ELEMENTS(converted_formats); i++)
+        if (strcmp(converted_formats[i].name, name) == 0)
+            return converted_formats[i].format;
+    g_error("no CobraPixelFormat for %s", name);
+}
+
+/* RGB -> format (videoconvert) -> RGB twice: by videoconvert (the reference) and by image.c.
+ * colorimetry NULL: the format's default. */
+static void check_converted(const Rgb *src, const char *format, const char *colorimetry,
+                            CobraYuvMatrix matrix, int tolerance)
+{
+    char *caps = colorimetry
+                     ? g_strdup_printf("video/x-raw,format=%s,colorimetry=%s", format, colorimetry)
+                     : g_strdup_printf("video/x-raw,format=%s", format);
+    colorimetry = colorimetry ? colorimetry : "default";
     GstSample *rgb_in = sample_from_rgb(src);
     GstSample *yuv = convert(rgb_in, caps);
     GstSample *back = convert(yuv, "video/x-raw,format=RGB");
@@ -354,8 +377,8 @@ static void check_yuv(const Rgb *src, const char *format, const char *colorimetr
     GstVideoFrame frame;
     g_assert_true(gst_video_info_from_caps(&info, gst_sample_get_caps(yuv)));
     g_assert_true(gst_video_frame_map(&frame, &info, gst_sample_get_buffer(yuv), GST_MAP_READ));
-    CobraImage img = { .format = strcmp(format, "I420") == 0 ? COBRA_FORMAT_I420 : COBRA_FORMAT_NV12,
-                       .width = src->width, .height = src->height };
+    CobraImage img = { .format = format_from_name(format), .width = src->width,
+                       .height = src->height };
     for (guint p = 0; p < GST_VIDEO_FRAME_N_PLANES(&frame); p++) {
         img.planes[p] = GST_VIDEO_FRAME_PLANE_DATA(&frame, p);
         img.strides[p] = GST_VIDEO_FRAME_PLANE_STRIDE(&frame, p);
@@ -400,7 +423,9 @@ static void test_yuv(void)
     /* Tolerances: videoconvert's 8-bit YUV->RGB truncates its fixed-point products and, for
      * limited range, drops the luma offset term (about 2 levels dark, up to 6 with truncation);
      * image.c rounds the standard equations. Chroma is placed exactly as videoconvert does, so
-     * sharp colour edges add nothing (nearest-sample chroma for NV12 would be ~50 levels off). */
+     * sharp colour edges add nothing (nearest-sample chroma for NV12 would be ~50 levels off).
+     * Each format in both orders of its chroma (I420/YV12, NV12/NV21, YUY2/UYVY), so a U and V
+     * swapped in image.c's layout table fails. */
     static const struct {
         const char *colorimetry;
         CobraYuvMatrix matrix;
@@ -412,12 +437,22 @@ static void test_yuv(void)
         { "1:3:5:1", COBRA_YUV_BT709_FULL, 3 },
     };
     for (size_t i = 0; i < G_N_ELEMENTS(m); i++)
-        for (int f = 0; f < 2; f++) {
-            const char *format = f ? "NV12" : "I420";
-            check_yuv(&full, format, m[i].colorimetry, m[i].matrix, m[i].tolerance);
-            check_yuv(&odd, format, m[i].colorimetry, m[i].matrix, m[i].tolerance);
+        for (size_t f = 0; f < G_N_ELEMENTS(converted_formats); f++) {
+            const char *format = converted_formats[f].name;
+            if (converted_formats[f].format == COBRA_FORMAT_GRAY8)
+                continue; /* test_gray8 */
+            check_converted(&full, format, m[i].colorimetry, m[i].matrix, m[i].tolerance);
+            check_converted(&odd, format, m[i].colorimetry, m[i].matrix, m[i].tolerance);
         }
     rgb_free(&odd);
+    rgb_free(&full);
+}
+
+/* GRAY8: videoconvert shows luma as R = G = B unchanged, whatever the range; so does image.c. */
+static void test_gray8(void)
+{
+    Rgb full = load_rgb_npy("tiny/golden/image_rgb.npy");
+    check_converted(&full, "GRAY8", NULL, COBRA_YUV_BT601_LIMITED, 0);
     rgb_free(&full);
 }
 
@@ -474,6 +509,25 @@ static void test_validate(void)
     g_assert_true(image_validate(&nv12, &err));
     img = nv12, img.strides[1] = 9;
     expect_invalid(&img, "plane 1 stride 9");
+    img = nv12, img.format = COBRA_FORMAT_NV21, img.strides[1] = 9;
+    expect_invalid(&img, "NV21 image plane 1 stride 9");
+    img = yuv, img.format = COBRA_FORMAT_YV12, img.strides[1] = 4;
+    expect_invalid(&img, "YV12 image plane 1 stride 4");
+    /* 4:2:2 packed: whole 4-byte groups of two pixels, 5 of them for width 9 */
+    CobraImage yuy2 = { .format = COBRA_FORMAT_YUY2, .width = 9, .height = 5,
+                        .planes = { pixels }, .strides = { 20 } };
+    g_assert_true(image_validate(&yuy2, &err));
+    img = yuy2, img.strides[0] = 19;
+    expect_invalid(&img, "YUY2 image plane 0 stride 19");
+    img = yuy2, img.format = COBRA_FORMAT_UYVY, img.strides[0] = 18;
+    expect_invalid(&img, "UYVY image plane 0 stride 18");
+    img = yuy2, img.yuv_matrix = (CobraYuvMatrix)5;
+    expect_invalid(&img, "YUV matrix 5");
+    CobraImage gray = { .format = COBRA_FORMAT_GRAY8, .width = 9, .height = 5,
+                        .planes = { pixels }, .strides = { 9 } };
+    g_assert_true(image_validate(&gray, &err));
+    img = gray, img.strides[0] = 8;
+    expect_invalid(&img, "GRAY8 image plane 0 stride 8");
     g_assert_no_error(err);
 }
 
@@ -487,6 +541,7 @@ int main(int argc, char **argv)
     g_test_add_func("/image/normalize", test_normalize);
     g_test_add_func("/image/packed-formats", test_packed_formats);
     g_test_add_func("/image/yuv", test_yuv);
+    g_test_add_func("/image/gray8", test_gray8);
     g_test_add_func("/image/validate", test_validate);
     return g_test_run();
 }

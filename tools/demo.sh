@@ -13,8 +13,7 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 [ -f build/build.ninja ] || meson setup build >/dev/null
 ninja -C build >/dev/null
-export COBRA_MODEL=${COBRA_MODEL:-build/tests/demo-q8_0.gguf}
-. pipelines/lib.sh
+. pipelines/lib.sh  # COBRA_MODEL, default the demo model
 [ $# -gt 0 ] || set -- smpte ball snow checkers-8 circular pinwheel
 echo "captioning videotestsrc patterns with $MODEL" >&2
 for pattern in "$@"; do

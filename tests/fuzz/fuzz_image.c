@@ -3,7 +3,7 @@
  * normalize_rgb on what it accepts.
  *
  * Input: a 12-byte header, then pixel bytes (repeated to fill the planes):
- *   0     format (mod 14: the 12 formats and 2 invalid values)
+ *   0     format (mod 19: the 17 formats and 2 invalid values)
  *   1     YUV matrix (mod 6: the 4 matrices and 2 invalid values)
  *   2..3  width, 4..5 height: signed 16-bit little-endian, so 0, negatives and sizes past the
  *         16384 limit occur
@@ -41,18 +41,24 @@ static int16_t le16(const uint8_t *p)
 static int plane_layout(const CobraImage *img, int rows[3], int min_stride[3])
 {
     int cw = (img->width + 1) / 2, ch = (img->height + 1) / 2;
-    static const int bpp[] = { 3, 4, 4, 3, 4, 4, 4, 4, 4, 4 };
+    static const int bpp[] = { 3, 4, 4, 3, 4, 4, 4, 4, 4, 4, [COBRA_FORMAT_GRAY8] = 1 };
     rows[0] = img->height;
     min_stride[0] = img->width;
     switch (img->format) {
     case COBRA_FORMAT_I420:
+    case COBRA_FORMAT_YV12:
         rows[1] = rows[2] = ch;
         min_stride[1] = min_stride[2] = cw;
         return 3;
     case COBRA_FORMAT_NV12:
+    case COBRA_FORMAT_NV21:
         rows[1] = ch;
         min_stride[1] = 2 * cw;
         return 2;
+    case COBRA_FORMAT_YUY2: /* Y0 U Y1 V per two pixels */
+    case COBRA_FORMAT_UYVY:
+        min_stride[0] = 4 * cw;
+        return 1;
     default:
         if ((unsigned)img->format < G_N_ELEMENTS(bpp))
             min_stride[0] *= bpp[img->format];
@@ -70,7 +76,7 @@ static void fill(uint8_t *dst, size_t n, const uint8_t *src, size_t src_n)
 static gboolean frame_new(Frame *f, const uint8_t *data, size_t size)
 {
     memset(f, 0, sizeof *f);
-    f->img.format = (CobraPixelFormat)(data[0] % 14);
+    f->img.format = (CobraPixelFormat)(data[0] % 19);
     f->img.yuv_matrix = (CobraYuvMatrix)(data[1] % 6);
     f->img.width = le16(data + 2);
     f->img.height = le16(data + 4);

@@ -207,7 +207,7 @@ def tokenizer_seeds(out, max_text=160, every=7):
 # ---------------------------------------------------------------------------------------------
 
 FORMATS = ["RGB", "RGBA", "RGBx", "BGR", "BGRA", "BGRx", "ARGB", "xRGB", "ABGR", "xBGR",
-           "I420", "NV12"]
+           "I420", "NV12", "GRAY8", "YUY2", "UYVY", "NV21", "YV12"]
 
 
 def image_seed(fmt, width, height, pad, matrix, out_w, out_h, pixels):
