@@ -1,7 +1,7 @@
 /* gst-cobra: the cobravlm element's insides, shared by its files:
  * gstcobravlm.c (the element: properties, caps, states, the streaming thread),
  * cobravlm-worker.c (jobs: what runs the model, on the worker thread or the streaming thread),
- * cobravlm-text.c (the text_src pad, its bounded queue and the JSON form of results),
+ * cobravlm-text.c (the text_src pad and its bounded queue), cobravlm-json.c (results as JSON),
  * cobravlm-frame.c (regions, crops and thumbnails read from a frame),
  * cobravlm-models.c (one loaded model per file in the process).
  *
@@ -196,6 +196,8 @@ void text_set_caption (GstCobraVlm * self, const gchar * text);
 void text_push_result (GstCobraVlm * self, const GstStructure * result, GstClockTime start,
     GstClockTime end);
 void text_cover (GstCobraVlm * self, GstClockTime start, GstClockTime end);
+
+/* cobravlm-json.c */
 gchar *result_to_json (const GstStructure * result);
 
 G_END_DECLS

@@ -86,7 +86,7 @@ def engine_part(tmp):
 
 
 # GstStructure quotes a string only when it needs to: text=(string)"a\ white\ ball" or text=(string)ball
-MESSAGE_TEXT = re.compile(r'\(element\): cobravlm, text=\(string\)(?:"((?:[^"\\]|\\.)*)"|([^,;"]*))')
+MESSAGE_TEXT = re.compile(r'\(element\): cobravlm, (?:.*?, )?text=\(string\)(?:"((?:[^"\\]|\\.)*)"|([^,;"]*))')
 
 
 def pipeline_caption(model, pattern, caps, prompt):

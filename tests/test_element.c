@@ -2309,7 +2309,8 @@ int main(int argc, char **argv)
         g_free(name);
     }
     static const char *scripts[] = {"camera-captions.sh", "file-to-srt.sh", "network-stream.sh",
-                                    "captions-json.sh", "multi-stream.sh"};
+                                    "captions-json.sh", "multi-stream.sh", "alarm.sh",
+                                    "regions.py"};
     for (guint i = 0; i < G_N_ELEMENTS(scripts); i++) {
         char *name = g_strconcat("/element/pipelines/", scripts[i], NULL);
         g_test_add_data_func(name, scripts[i], test_pipeline_script);

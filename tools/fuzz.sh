@@ -3,7 +3,7 @@
 # executions, the coverage reached (edges of the instrumented engine, and libFuzzer's features),
 # the corpus size and any crash.
 #
-#   tools/fuzz.sh [-b BUILD] [-c COVBUILD] SECONDS [SURFACE...]   SURFACE: gguf, tokenizer, image, npy, labels
+#   tools/fuzz.sh [-b BUILD] [-c COVBUILD] SECONDS [SURFACE...]   SURFACE: gguf, tokenizer, image, npy, labels, results
 #
 # BUILD (default build-fuzz) comes from `CC=clang meson setup BUILD -Dfuzz=true && ninja -C BUILD`.
 # With -c, each target's corpus is then replayed in COVBUILD, a clang build with source-based
@@ -29,7 +29,7 @@ fi
 seconds=$1
 shift
 surfaces=("$@")
-[ ${#surfaces[@]} -gt 0 ] || surfaces=(gguf tokenizer image npy labels)
+[ ${#surfaces[@]} -gt 0 ] || surfaces=(gguf tokenizer image npy labels results)
 
 # One thread: runs stay reproducible, and the machine stays usable for other work.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -55,7 +55,7 @@ summarise() {
 
 # The engine files each target drives.
 declare -A sources=([gguf]="gguf.c cobra.c vit.c projector.c mamba.c tokenizer.c"
-  [tokenizer]="tokenizer.c" [image]="image.c" [npy]="" [labels]="cobra.c tokenizer.c")
+  [tokenizer]="tokenizer.c" [image]="image.c" [npy]="" [labels]="cobra.c tokenizer.c" [results]="image.c")
 
 # "file NN.N%" of lines run by replaying the target's corpus in the coverage build.
 line_coverage() {

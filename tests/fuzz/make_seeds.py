@@ -284,9 +284,33 @@ def npy_seeds(out):
         npy_header_only(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, "))
 
 
+# ---------------------------------------------------------------------------------------------
+# results: region boxes on a frame, then bytes for the JSON strings (see fuzz_results.c)
+# ---------------------------------------------------------------------------------------------
+
+def results_seeds(out):
+    def seed(fmt, w, h, margin, max_rois, boxes, text):
+        head = bytes([fmt, w - 1, h - 1, margin, max_rois - 1, len(boxes)])
+        body = b"".join(struct.pack("<IIIIB", *box) for box in boxes)
+        return head + body + text
+    inside = (2, 3, 10, 9, 0)
+    cases = {
+        "i420-odd-corner": seed(0, 33, 21, 0, 4, [(1, 1, 7, 5, 0), inside], b"a red circle"),
+        "yuy2-edge": seed(4, 16, 16, 64, 4, [(15, 15, 1, 1, 0), (0, 0, 16, 16, 0)], b"yes"),
+        "outside-and-empty": seed(7, 20, 10, 0, 8, [(30, 0, 5, 5, 0), (5, 5, 0, 3, 0)], b""),
+        "huge-box": seed(2, 8, 8, 255, 2, [(0xFFFFFFF0, 0xFFFFFFF0, 0xFFFFFFFF, 40, 0),
+                                            (3, 3, 0xFFFFFFFF, 0xFFFFFFFF, 0)], b"\x00"),
+        "types-and-max": seed(6, 40, 30, 10, 1, [inside, (1, 1, 4, 4, 1), inside], b"dog"),
+        "json-escapes": seed(9, 4, 4, 0, 1, [], 'quote " back \\ tab \t nl \n é'.encode()),
+        "json-bad-utf8": seed(8, 4, 4, 0, 1, [], b"caf\xc3 \xff\xfe\x01\x7f end"),
+    }
+    for name, data in cases.items():
+        (out / name).write_bytes(data)
+
+
 def main():
     surfaces = [("gguf", gguf_seeds), ("tokenizer", tokenizer_seeds), ("image", image_seeds),
-                ("npy", npy_seeds), ("labels", labels_seeds)]
+                ("npy", npy_seeds), ("labels", labels_seeds), ("results", results_seeds)]
     chosen = sys.argv[1:] or [name for name, _ in surfaces]
     for surface, make in surfaces:
         if surface not in chosen:
