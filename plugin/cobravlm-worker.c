@@ -6,8 +6,8 @@
  * version 2.1 of the License, or (at your option) any later version.
  */
 
-/* A job is one copied frame and the questions to answer about it. With async it runs on the
- * worker thread, else on the streaming thread; either way one at a time, under the rules:
+/* A job is one copied frame and the questions to answer about it. It runs on a worker of the
+ * model's scheduler (cobravlm-models.c), one job of an element at a time, under the rules:
  * - a cancel (flush, PAUSED->READY) is sticky in the session until the next job starts, so it
  *   reaches whatever stage runs, and every question left gets a "cobravlm-unanswered" message;
  * - at EOS (`draining`) the answer in progress finishes and the questions after it are left;
@@ -421,6 +421,26 @@ answer_question (GstCobraVlm * self, const Job * job, const Question * q, const 
   return why == NULL;
 }
 
+/* A job that waited for its turn while a newer frame became due: its asks go back to the front
+ * of the queue (for that newer frame), its frame counts as skipped rather than analysed. */
+void
+job_retire (GstCobraVlm * self, Job * job)
+{
+  Question *q;
+
+  GST_OBJECT_LOCK (self);
+  while ((q = g_queue_pop_tail (&job->questions))) {
+    if (q->request_id)
+      g_queue_push_head (&self->asks, q);
+    else
+      question_free (q);
+  }
+  self->frames_analyzed--;
+  self->frames_skipped++;
+  GST_OBJECT_UNLOCK (self);
+  job_free (job);
+}
+
 /* Posts an unanswered outcome for every question left in a job, and frees it. */
 void
 job_abandon (GstCobraVlm * self, Job * job, const gchar * reason)
@@ -517,7 +537,7 @@ run_job_locked (GstCobraVlm * self, Job * job)
   job_abandon (self, job, why);
   g_mutex_lock (&self->lock);
   self->running = NULL;
-  if (took > self->processing && self->worker == NULL) {
+  if (took > self->processing && !self->async_mode) {
     /* with headroom, so that analyses a little slower than the slowest so far (a longer
      * answer, a busy machine) do not make the pipeline recompute its latency every time */
     self->processing = took + took / 2;
@@ -548,25 +568,4 @@ cancel_locked (GstCobraVlm * self, const gchar * reason)
   }
   g_cond_broadcast (&self->cond);
   return waiting;
-}
-
-gpointer
-worker_main (gpointer data)
-{
-  GstCobraVlm *self = data;
-
-  g_mutex_lock (&self->lock);
-  for (;;) {
-    Job *job;
-
-    while (self->job == NULL && !self->shutting_down)
-      g_cond_wait (&self->cond, &self->lock);
-    if (self->shutting_down)
-      break;
-    job = self->job;
-    self->job = NULL;
-    run_job_locked (self, job);
-  }
-  g_mutex_unlock (&self->lock);
-  return NULL;
 }

@@ -1,9 +1,9 @@
 /* gst-cobra: the cobravlm element's insides, shared by its files:
  * gstcobravlm.c (the element: properties, caps, states, the streaming thread),
- * cobravlm-worker.c (jobs: what runs the model, on the worker thread or the streaming thread),
+ * cobravlm-worker.c (jobs: what runs the model for one frame),
  * cobravlm-text.c (the text_src pad and its bounded queue), cobravlm-json.c (results as JSON),
  * cobravlm-frame.c (regions, crops and thumbnails read from a frame),
- * cobravlm-models.c (one loaded model per file in the process).
+ * cobravlm-models.c (one loaded model and one scheduler per file in the process).
  *
  * This library is free software; you can redistribute it and/or
  * modify it under the terms of the GNU Library General Public
@@ -45,6 +45,9 @@ typedef enum
 
 #define GST_TYPE_COBRA_VLM_TEXT_FORMAT (gst_cobra_vlm_text_format_get_type ())
 GType gst_cobra_vlm_text_format_get_type (void);
+
+/* One loaded model and its scheduler, shared by the elements on one model file. */
+typedef struct _SharedModel SharedModel;
 
 /* A question for one frame: the prompt (request_id 0) or an `ask`. With labels, the answer is
  * the best of them (label mode) instead of generated text. */
@@ -112,17 +115,18 @@ struct _GstCobraVlm
   guint next_request_id;
   gchar *stream_id;             /* from the last stream-start */
 
-  /* loaded in NULL->READY, freed in READY->NULL */
-  CobraModel *model;
+  /* loaded (or shared) in NULL->READY, given back in READY->NULL */
+  SharedModel *shared;
   /* made in start(), freed in stop() */
   CobraSession *session;
-  GThread *worker;              /* only with async */
+  gboolean async_mode;          /* `async` as it was at start */
+  guint job_threads;            /* `n-threads` as it was at start (0 = all cores) */
 
   /* job slot and results, under `lock`; `cond` signals any change */
   GMutex lock;
   GCond cond;
-  Job *job;                     /* waiting for the worker */
-  Job *running;                 /* being answered (on the worker, or on the streaming thread) */
+  Job *job;                     /* waiting for its turn in the scheduler */
+  Job *running;                 /* being answered by a scheduler worker */
   const gchar *cancel_reason;   /* why the running job was cancelled ("flushed", "stopped") */
   gboolean draining;            /* EOS: finish the answer in progress, leave the rest */
   gboolean shutting_down;
@@ -160,8 +164,11 @@ struct _GstCobraVlm
 };
 
 /* cobravlm-models.c */
-CobraModel *shared_model_acquire (const gchar * path, GError ** error);
-void shared_model_release (CobraModel * model);
+SharedModel *shared_model_acquire (const gchar * path, GError ** error);
+CobraModel *shared_model_get (const SharedModel * shared);
+void shared_model_release (SharedModel * shared);
+gboolean scheduler_submit (SharedModel * shared, GstCobraVlm * self, GError ** error);
+void scheduler_withdraw (SharedModel * shared, GstCobraVlm * self);
 
 /* cobravlm-frame.c */
 GArray *frame_regions (GstBuffer * buf, const GstVideoInfo * info, gchar ** types, guint max,
@@ -178,9 +185,9 @@ Job *job_new (GstCobraVlm * self, GstBuffer * buf, gboolean with_prompt, GArray 
     GstClockTime running_time, gint64 arrival_us);
 void job_free (Job * job);
 void job_abandon (GstCobraVlm * self, Job * job, const gchar * reason);
+void job_retire (GstCobraVlm * self, Job * job);
 void run_job_locked (GstCobraVlm * self, Job * job);
 Job *cancel_locked (GstCobraVlm * self, const gchar * reason);
-gpointer worker_main (gpointer data);
 void post_unanswered (GstCobraVlm * self, const Question * q, GstClockTime pts,
     const gchar * reason);
 void post_unanswered_asks (GstCobraVlm * self, const gchar * reason);

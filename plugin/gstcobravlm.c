@@ -471,7 +471,7 @@ gst_cobra_vlm_finalize (GObject * object)
   g_queue_clear_full (&self->asks, (GDestroyNotify) question_free);
   text_queue_clear (self);
   /* only when the application disposed of the element without setting it to NULL */
-  g_clear_pointer (&self->model, shared_model_release);
+  g_clear_pointer (&self->shared, shared_model_release);
   g_mutex_clear (&self->lock);
   g_cond_clear (&self->cond);
   g_mutex_clear (&self->text_lock);
@@ -786,12 +786,12 @@ gst_cobra_vlm_ask (GstCobraVlm * self, const gchar * question)
 
 /* ---- model ---- */
 
-/* Loads model-file unless it is the one already loaded. */
+/* Loads model-file (or shares the load of another element on it) unless it is the one in use. */
 static gboolean
 gst_cobra_vlm_load_model (GstCobraVlm * self)
 {
   GError *err = NULL;
-  CobraModel *model;
+  SharedModel *shared;
   gchar *path;
 
   GST_OBJECT_LOCK (self);
@@ -803,23 +803,25 @@ gst_cobra_vlm_load_model (GstCobraVlm * self)
         ("Set the model-file property to a file written by cobra_convert.py."));
     return FALSE;
   }
-  if (self->model && g_strcmp0 (cobra_model_path (self->model), path) == 0) {
+  if (self->shared
+      && g_strcmp0 (cobra_model_path (shared_model_get (self->shared)), path) == 0) {
     g_free (path);
     return TRUE;
   }
 
-  model = shared_model_acquire (path, &err);
-  if (model == NULL) {
+  shared = shared_model_acquire (path, &err);
+  if (shared == NULL) {
     GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
         ("Could not load the model file \"%s\": %s", path, err->message), (NULL));
     g_error_free (err);
     g_free (path);
     return FALSE;
   }
-  GST_INFO_OBJECT (self, "loaded %s (%s, %d px)", path, cobra_model_name (model),
-      cobra_model_image_size (model));
-  g_clear_pointer (&self->model, shared_model_release);
-  self->model = model;
+  GST_INFO_OBJECT (self, "loaded %s (%s, %d px)", path,
+      cobra_model_name (shared_model_get (shared)),
+      cobra_model_image_size (shared_model_get (shared)));
+  g_clear_pointer (&self->shared, shared_model_release);
+  self->shared = shared;
   g_free (path);
   return TRUE;
 }
@@ -967,14 +969,17 @@ regions_of (GstCobraVlm * self, GstBuffer * buf)
 }
 
 /* Starts a job for this frame when the prompt is due (and the scene changed, and in region mode
- * the frame has regions) or questions wait, and the model is free. */
+ * the frame has regions) or questions wait, and the element has no job running: the job waits
+ * for its turn in the model's scheduler (a waiting job of an older frame gives way to it), and
+ * with async=false the frame waits for its answer. */
 static void
 maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
     gint64 arrival_us)
 {
   gboolean due = sample_due (self, running_time), asked, stopping, busy;
   GArray *regions = NULL;
-  Job *job;
+  GError *err = NULL;
+  Job *job, *stale = NULL;
 
   GST_OBJECT_LOCK (self);
   asked = !g_queue_is_empty (&self->asks);
@@ -984,8 +989,13 @@ maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
 
   g_mutex_lock (&self->lock);
   stopping = self->shutting_down || self->draining;
+  /* a job still waiting for its turn gives way to this fresher frame */
+  if (due && !stopping && !self->running && self->job)
+    stale = g_steal_pointer (&self->job);
   busy = self->running || self->job;
   g_mutex_unlock (&self->lock);
+  if (stale)
+    job_retire (self, stale);
   if (stopping) {
     GST_DEBUG_OBJECT (self, "stopping: frame at %" GST_TIME_FORMAT " not analysed",
         GST_TIME_ARGS (GST_BUFFER_PTS (buf)));
@@ -1018,12 +1028,25 @@ maybe_analyse (GstCobraVlm * self, GstBuffer * buf, GstClockTime running_time,
     self->last_sampled = running_time;
   g_mutex_lock (&self->lock);
   job->epoch = self->epoch;
-  if (self->worker) {
-    self->job = job;
-    g_cond_broadcast (&self->cond);
-  } else {
-    run_job_locked (self, job);
+  self->job = job;
+  g_mutex_unlock (&self->lock);
+  if (!scheduler_submit (self->shared, self, &err)) {
+    GST_ELEMENT_ERROR (self, RESOURCE, FAILED, ("Could not start a thread: %s", err->message),
+        (NULL));
+    g_error_free (err);
+    g_mutex_lock (&self->lock);
+    job = g_steal_pointer (&self->job);
+    g_mutex_unlock (&self->lock);
+    if (job)
+      job_abandon (self, job, "stopped");
+    return;
   }
+  if (self->async_mode)
+    return;
+  /* async=false: the frame waits for its answer */
+  g_mutex_lock (&self->lock);
+  while ((self->job || self->running) && !self->shutting_down)
+    g_cond_wait (&self->cond, &self->lock);
   g_mutex_unlock (&self->lock);
 }
 
@@ -1046,7 +1069,7 @@ gst_cobra_vlm_transform_ip (GstBaseTransform * trans, GstBuffer * buf)
 
   caption = publish_results (self, buf, pts, end);
   maybe_analyse (self, buf, running_time, arrival_us);
-  if (self->worker == NULL)
+  if (!self->async_mode)
     caption |= publish_results (self, buf, pts, end);
 
   if (self->latest && !caption)
@@ -1126,7 +1149,7 @@ gst_cobra_vlm_query (GstBaseTransform * trans, GstPadDirection direction, GstQue
   if (!ret || direction != GST_PAD_SRC || GST_QUERY_TYPE (query) != GST_QUERY_LATENCY)
     return ret;
   g_mutex_lock (&self->lock);
-  processing = self->worker ? 0 : self->processing;
+  processing = self->async_mode ? 0 : self->processing;
   g_mutex_unlock (&self->lock);
   gst_query_parse_latency (query, &live, &min, &max);
   GST_DEBUG_OBJECT (self, "adding %" GST_TIME_FORMAT " of processing latency",
@@ -1215,33 +1238,26 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   self->asks_refused = self->text_dropped = self->rois_skipped = 0;
   GST_OBJECT_UNLOCK (self);
 
-  self->session = cobra_session_new (self->model, n_threads, &err);
+  self->session = cobra_session_new (shared_model_get (self->shared), n_threads, &err);
   if (self->session == NULL) {
     GST_ELEMENT_ERROR (self, LIBRARY, INIT, ("Could not start the model: %s", err->message),
         ("%s", err->message));
     g_error_free (err);
     return FALSE;
   }
+  self->async_mode = async;
+  self->job_threads = n_threads;
   self->shutting_down = self->draining = FALSE;
   self->running = NULL;
   self->seq = 0;
   self->processing = 0;
   self->last_sampled = GST_CLOCK_TIME_NONE;
   self->has_thumb = FALSE;
-  if (async) {
-    self->worker = g_thread_try_new ("cobravlm", worker_main, self, &err);
-    if (self->worker == NULL) {
-      GST_ELEMENT_ERROR (self, RESOURCE, FAILED, ("Could not start a thread: %s",
-              err->message), (NULL));
-      g_error_free (err);
-      g_clear_pointer (&self->session, cobra_session_free);
-      return FALSE;
-    }
-  }
   return TRUE;
 }
 
-/* Stops the running job and the worker; whatever was not answered is reported as "stopped". */
+/* Stops the running job and drops a waiting one; whatever was not answered is reported as
+ * "stopped". */
 static void
 shut_down (GstCobraVlm * self)
 {
@@ -1261,7 +1277,12 @@ gst_cobra_vlm_stop (GstBaseTransform * trans)
   GstCobraVlm *self = GST_COBRA_VLM (trans);
 
   shut_down (self);
-  g_clear_pointer (&self->worker, g_thread_join);
+  /* out of the scheduler's queue, and no job of ours on a worker, before the session goes */
+  scheduler_withdraw (self->shared, self);
+  g_mutex_lock (&self->lock);
+  while (self->running)
+    g_cond_wait (&self->cond, &self->lock);
+  g_mutex_unlock (&self->lock);
 
   g_clear_pointer (&self->session, cobra_session_free);
   g_queue_clear_full (&self->done, (GDestroyNotify) gst_structure_free);
@@ -1297,11 +1318,11 @@ gst_cobra_vlm_change_state (GstElement * element, GstStateChange transition)
 
   switch (transition) {
     case GST_STATE_CHANGE_READY_TO_NULL:
-      g_clear_pointer (&self->model, shared_model_release);
+      g_clear_pointer (&self->shared, shared_model_release);
       break;
     case GST_STATE_CHANGE_NULL_TO_READY:
       if (ret == GST_STATE_CHANGE_FAILURE)
-        g_clear_pointer (&self->model, shared_model_release);
+        g_clear_pointer (&self->shared, shared_model_release);
       break;
     default:
       break;

@@ -1889,6 +1889,77 @@ static void test_change_gating(void)
     rig_clear(&r);
 }
 
+/* Threads of this process named `name` (the scheduler's workers are "cobravlm"). */
+static guint count_threads_named(const char *name)
+{
+    GDir *d = g_dir_open("/proc/self/task", 0, NULL);
+    const char *tid;
+    guint n = 0;
+
+    while ((tid = g_dir_read_name(d))) {
+        char *path = g_build_filename("/proc/self/task", tid, "comm", NULL), *comm = NULL;
+        if (g_file_get_contents(path, &comm, NULL, NULL) && g_str_equal(g_strstrip(comm), name))
+            n++;
+        g_free(comm);
+        g_free(path);
+    }
+    g_dir_close(d);
+    return n;
+}
+
+typedef struct {
+    volatile gint stop;
+    guint most;
+} ThreadWatch;
+
+static gpointer watch_threads(gpointer data)
+{
+    ThreadWatch *w = data;
+    while (!g_atomic_int_get(&w->stop)) {
+        w->most = MAX(w->most, count_threads_named("cobravlm"));
+        g_usleep(2000);
+    }
+    return NULL;
+}
+
+/* Four live streams on one model with every element asking for all cores: one scheduler runs
+ * their jobs one at a time, so the workers and their OpenMP teams (whose threads inherit the
+ * name "cobravlm") are no more threads than cores (there used to be one worker per element, each
+ * with a team of all cores), and every stream gets its turn. */
+static void test_scheduler(void)
+{
+    GString *desc = g_string_new("videotestsrc is-live=true num-buffers=45 pattern=ball ! "
+                                 "video/x-raw,width=64,height=48,framerate=15/1 ! tee name=t ");
+    for (int i = 0; i < 4; i++)
+        g_string_append_printf(desc, "t. ! queue ! cobravlm name=v%d model-file=%s n-threads=0 "
+                                     "interval=0 max-tokens=%d ! fakesink ",
+                               i, model_file, MAX_TOKENS);
+    GstElement *p = launch(desc->str);
+    ThreadWatch w = {0, 0};
+    GThread *watcher = g_thread_new("watch", watch_threads, &w);
+    GHashTable *results = run_to_eos(p);
+    g_atomic_int_set(&w.stop, 1);
+    g_thread_join(watcher);
+
+    guint fewest = G_MAXUINT, most = 0, cores = (guint)g_get_num_processors();
+    for (int i = 0; i < 4; i++) {
+        char name[4];
+        g_snprintf(name, sizeof name, "v%d", i);
+        GPtrArray *got = g_hash_table_lookup(results, name);
+        guint n = got ? got->len : 0;
+        fewest = MIN(fewest, n);
+        most = MAX(most, n);
+    }
+    g_test_message("answers per stream %u..%u; at most %u model threads on %u cores", fewest, most,
+                   w.most, cores);
+    g_assert_cmpuint(w.most, <=, cores);
+    g_assert_cmpuint(fewest, >, 0);
+    g_assert_cmpuint(fewest * 3, >=, most);
+    g_hash_table_unref(results);
+    gst_object_unref(p);
+    g_string_free(desc, TRUE);
+}
+
 /* A question longer than the model's context is cut to fit with one warning, not an error. */
 static void test_long_prompt(void)
 {
@@ -2283,6 +2354,7 @@ int main(int argc, char **argv)
     g_test_add_func("/element/caps-churn", test_caps_churn);
     g_test_add_func("/element/long-run", test_long_run);
     g_test_add_func("/element/shared-model", test_shared_model);
+    g_test_add_func("/element/scheduler", test_scheduler);
     g_test_add_func("/element/bad-models", test_bad_models);
     g_test_add_func("/element/model-rewritten", test_model_rewritten);
     g_test_add_func("/element/long-prompt", test_long_prompt);
