@@ -48,7 +48,6 @@ PHRASINGS = {
                       "Is this on a {bg} background?"],
 }
 # The first phrasing of each kind is the canonical one (the only one the model had before).
-CAPTION_QUESTIONS = PHRASINGS["caption"][:2]
 PATTERN_QUESTION = PHRASINGS["pattern"][0]
 # Candidate answers of the closed questions, for label mode (cobra-cli --labels).
 YES_NO = ["yes", "no"]

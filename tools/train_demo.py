@@ -13,8 +13,9 @@ Needs PyTorch, timm, tokenizers, safetensors and Pillow (the lent GPU machine ha
 
 writes OUT/cobra/{config.json,checkpoints/latest-checkpoint.pt}, OUT/dino/{config.json,
 model.safetensors}, OUT/siglip/{config.json,model.safetensors}, OUT/reference_answers.json
-(greedy answers of the saved weights, float64, on tests/data/demo/heldout.*) and
-OUT/train_log.json.
+(greedy answers of the saved weights, float64, on tests/data/demo/heldout.*),
+OUT/reference_labels.json (the log-probability of each candidate answer of the held-out questions
+that have `labels`) and OUT/train_log.json.
 """
 
 import os
@@ -582,7 +583,7 @@ def main(argv=None):
     images["bank"], descs["bank"] = load_bank(args.bank)
     shares = {"bank": args.p_pattern, "multi": args.p_multi, "region": args.p_region,
               "scene": 1 - args.p_pattern - args.p_multi - args.p_region}
-    print(f"data: " + ", ".join(f"{len(d)} {s}" for s, d in descs.items())
+    print("data: " + ", ".join(f"{len(d)} {s}" for s, d in descs.items())
           + f" ({time.time() - t0:.1f} s)", flush=True)
 
     torch.manual_seed(args.seed)
