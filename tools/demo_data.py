@@ -24,6 +24,44 @@ import zlib
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
+# Questions: every kind of question has several phrasings; the last one of each is never
+# trained, only asked in the held-out set (does a prompt worded differently still work?)
+# ---------------------------------------------------------------------------------------------
+
+PHRASINGS = {
+    "caption": ["Describe the image.", "What is in this picture?", "What is shown?",
+                "Describe this frame.", "What is in this frame?"],
+    "pattern": ["Which test pattern is this?", "What test pattern is this?", "What pattern is shown?"],
+    "count": ["How many shapes are there?", "How many shapes do you see?", "Count the shapes.",
+              "How many shapes are in this picture?"],
+    "count_kind": ["How many {color} {shape}s are there?", "How many {color} {shape}s do you see?",
+                   "Count the {color} {shape}s.", "How many {color} {shape}s are in this picture?"],
+    "color": ["What color are the shapes?", "What colour are the shapes?", "What color is the shape?",
+              "Which colour are the shapes?"],
+    "shape": ["Which shape is shown?", "What shape is shown?", "What kind of shape is this?",
+              "What shape do you see?"],
+    "background": ["What color is the background?", "What colour is the background?",
+                   "Which colour is the background?"],
+    "has": ["Is there a {color} {shape}?", "Are there any {color} {shape}s?",
+            "Do you see a {color} {shape}?", "Do you see any {color} {shape}s?"],
+    "is_background": ["Is the background {bg}?", "Is it on a {bg} background?",
+                      "Is this on a {bg} background?"],
+}
+# The first phrasing of each kind is the canonical one (the only one the model had before).
+PATTERN_QUESTION = PHRASINGS["pattern"][0]
+# Candidate answers of the closed questions, for label mode (cobra-cli --labels).
+YES_NO = ["yes", "no"]
+
+
+def trained_phrasings(qtype):
+    return PHRASINGS[qtype][:-1]
+
+
+def heldout_phrasing(qtype):
+    return PHRASINGS[qtype][-1]
+
+
+# ---------------------------------------------------------------------------------------------
 # videotestsrc patterns: caption ("Describe the image.") and name ("Which test pattern is this?")
 # ---------------------------------------------------------------------------------------------
 
@@ -56,9 +94,6 @@ PATTERNS = {
     "smpte-rp-219": ("smpte rp 219 color bars", "smpte-rp-219"),
 }
 
-CAPTION_QUESTIONS = ["Describe the image.", "What is in this picture?"]
-PATTERN_QUESTION = "Which test pattern is this?"
-
 # Training sizes and held-out sizes (no overlap except 320x240, videotestsrc's default, where
 # the held-out frames of the moving ball are frames training never saw).
 TRAIN_SIZES = [(320, 240), (160, 120), (640, 480), (224, 224), (256, 144), (352, 288),
@@ -85,9 +120,13 @@ def gst_frames(pattern, width, height, frames=1, fmt="RGB"):
     return a.reshape(frames, height, stride)[:, :, :width * 3].reshape(frames, height, width, 3).copy()
 
 
-def pattern_qa(pattern):
+def pattern_qa(pattern, phrasings=None):
+    """{question kind: [(question, answer), ...]} of a pattern, in the trained phrasings (or
+    `phrasings(kind)`)."""
     caption, name = PATTERNS[pattern]
-    return [(q, caption) for q in CAPTION_QUESTIONS] + [(PATTERN_QUESTION, name)]
+    phrasings = phrasings or trained_phrasings
+    return {"caption": [(q, caption) for q in phrasings("caption")],
+            "pattern": [(q, name) for q in phrasings("pattern")]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,22 +192,177 @@ def render_scene(p):
     return img
 
 
+def _shape_box(shape, cx, cy, r):
+    """The shape's tight bounding box (x0, y0, x1, y1) in pixels (_shape_mask's extent)."""
+    h = 0.85 * r if shape == "square" else r
+    return cx - h, cy - h, cx + h, cy + h
+
+
 def scene_caption(p):
     n = p["count"]
     what = f"{p['color']} {p['shape']}" + ("s" if n > 1 else "")
-    return f"{'a' if n == 1 else COUNT_WORDS[n]} {what} on a {p['background']} background"
+    return f"{'a' if n == 1 else COUNT_WORDS[n]} {what} on a {background_words(p['background'])} background"
 
 
-def scene_qa(p):
-    """Every (question, answer) pair of a scene."""
-    cap = scene_caption(p)
-    return [(q, cap) for q in CAPTION_QUESTIONS] + [
-        (f"How many {p['color']} {p['shape']}s are there?", COUNT_WORDS[p["count"]]),
-        ("How many shapes are there?", COUNT_WORDS[p["count"]]),
-        ("What color are the shapes?", p["color"]),
-        ("Which shape is shown?", p["shape"]),
-        ("What color is the background?", p["background"]),
-    ]
+# ---------------------------------------------------------------------------------------------
+# Multi-object scenes (regions): 2-4 shapes of different colours, spread apart so that a box
+# 30% larger than any one shape holds only that shape, on plain or textured backgrounds
+# ---------------------------------------------------------------------------------------------
+
+TEXTURES = {"noise": "noisy", "gradient": "gradient"}     # background name -> caption word
+TEXTURE_COLORS = ["red", "green", "blue", "yellow"]       # grey textures hide white and black
+CROP_MARGIN = (0.10, 0.30)      # a region's margin on each side, as a fraction of its size
+N_MULTI_MAX = 4
+
+
+def background_words(bg):
+    return TEXTURES.get(bg, bg)
+
+
+def multi_params(rng):
+    """A random multi-object scene: distinct colours, any shapes, and the object and margins
+    (left, top, right, bottom) of the region crop training uses."""
+    bg = (str(rng.choice(list(TEXTURES))) if rng.random() < 0.4
+          else str(rng.choice(list(BACKGROUNDS))))
+    palette = TEXTURE_COLORS if bg in TEXTURES else [c for c in SHAPE_COLORS if c != bg]
+    n = int(rng.integers(2, N_MULTI_MAX + 1))
+    colors = [palette[i] for i in rng.permutation(len(palette))[:n]]
+    width = int(rng.integers(160, 385))
+    height = int(np.clip(round(width / rng.uniform(0.75, 1.34)), 120, 384))
+    return {"kind": "multi", "objects": [{"color": c, "shape": str(rng.choice(SHAPES))} for c in colors],
+            "count": n, "background": bg, "width": width, "height": height,
+            "crop": int(rng.integers(n)), "margins": [float(m) for m in rng.uniform(*CROP_MARGIN, 4)],
+            "seed": int(rng.integers(0, 2**31 - 1))}
+
+
+def _background(bg, rng, h, w):
+    if bg in BACKGROUNDS:
+        c = np.clip(np.array(BACKGROUNDS[bg]) + rng.integers(-16, 17, 3), 0, 255)
+        return np.broadcast_to(c.astype(np.uint8), (h, w, 3)).copy()
+    if bg == "noise":       # grey blocks of 1-6 px
+        cell = int(rng.integers(1, 7))
+        g = rng.integers(48, 208, (-(-h // cell), -(-w // cell)))
+        g = g.repeat(cell, 0).repeat(cell, 1)[:h, :w]
+    else:                   # a grey ramp in any direction
+        lo, hi = rng.integers(0, 90), rng.integers(165, 256)
+        a = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        t = (xx - w / 2) * np.cos(a) + (yy - h / 2) * np.sin(a)
+        g = lo + (hi - lo) * (t - t.min()) / max(1e-9, np.ptp(t))
+    return np.repeat(np.round(g).astype(np.uint8)[:, :, None], 3, 2)
+
+
+def render_multi(p):
+    """(image, objects): the scene and, for each object, its colour, shape and tight box
+    (x0, y0, x1, y1) in pixels. Deterministic in p['seed']."""
+    rng = np.random.default_rng(p["seed"])
+    w, h = p["width"], p["height"]
+    img = _background(p["background"], rng, h, w)
+    side = min(w, h)
+    base = rng.uniform(0.09, 0.13) * side
+    grow = 1 + 2 * CROP_MARGIN[1]
+    placed = []
+    for attempt in range(4000):
+        if len(placed) == p["count"]:
+            break
+        if attempt > 0 and attempt % 400 == 0:
+            placed, base = [], base * 0.9
+        r = base * rng.uniform(0.85, 1.0)
+        m = r * (1 + 2 * 0.25) + 1            # a 25% margin box stays inside the frame
+        cx, cy = rng.uniform(m, w - m), rng.uniform(m, h - m)
+        if all(max(abs(cx - x), abs(cy - y)) > grow * max(r, q) + min(r, q) + 2 for x, y, q in placed):
+            placed.append((cx, cy, r))
+    if len(placed) != p["count"]:
+        raise RuntimeError(f"could not place {p['count']} shapes in {w}x{h}")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    objects = []
+    for o, (cx, cy, r) in zip(p["objects"], placed):
+        fg = np.clip(np.array(SHAPE_COLORS[o["color"]]) + rng.integers(-24, 25, 3), 0, 255)
+        img[_shape_mask(o["shape"], cx, cy, r, xx, yy)] = fg.astype(np.uint8)
+        objects.append(dict(o, tight=_shape_box(o["shape"], cx, cy, r)))
+    return img, objects
+
+
+def region_box(tight, margins, width, height):
+    """The integer box (x, y, w, h) of a region: the tight box grown by margins (left, top,
+    right, bottom; fractions of its width/height), clipped to the frame."""
+    x0, y0, x1, y1 = tight
+    bw, bh = x1 - x0, y1 - y0
+    X0 = max(0, int(np.floor(x0 - margins[0] * bw)))
+    Y0 = max(0, int(np.floor(y0 - margins[1] * bh)))
+    X1 = min(width, int(np.ceil(x1 + margins[2] * bw)))
+    Y1 = min(height, int(np.ceil(y1 + margins[3] * bh)))
+    return X0, Y0, X1 - X0, Y1 - Y0
+
+
+def crop(img, box):
+    x, y, w, h = box
+    return img[y:y + h, x:x + w].copy()
+
+
+def region_params(p, obj):
+    """A region (one object cropped from a multi-object scene) described as a one-shape scene."""
+    return {"kind": "region", "shape": obj["shape"], "color": obj["color"], "count": 1,
+            "background": p["background"]}
+
+
+def multi_caption(p):
+    return (f"{COUNT_WORDS[p['count']]} shapes of different colors on a "
+            f"{background_words(p['background'])} background")
+
+
+def scene_objects(p):
+    """[(colour, shape), ...] of any scene description."""
+    if p["kind"] == "multi":
+        return [(o["color"], o["shape"]) for o in p["objects"]]
+    return [(p["color"], p["shape"])] * p["count"]
+
+
+def scene_qtypes(p):
+    """The kinds of question that have one right answer about a scene."""
+    plain = p["background"] in BACKGROUNDS
+    if p["kind"] == "multi":
+        return ["caption", "count", "has"] + (["is_background"] if plain else [])
+    return (["caption", "count", "count_kind", "color", "shape", "has"]
+            + (["background", "is_background"] if plain else []))
+
+
+def scene_question(p, qtype, template, rng, want=None):
+    """(question, answer) of kind qtype about scene p in the phrasing `template`. Yes/no
+    questions ask about a present thing or an absent one (want "yes"/"no", else 50/50); an
+    absent colour/shape pair shares its colour or its shape with a present object 70% of the
+    time, so that both words matter."""
+    n = p["count"]
+    if qtype == "caption":
+        return template, multi_caption(p) if p["kind"] == "multi" else scene_caption(p)
+    if qtype == "count":
+        return template, COUNT_WORDS[n]
+    if qtype == "count_kind":
+        return template.format(color=p["color"], shape=p["shape"]), COUNT_WORDS[n]
+    if qtype in ("color", "shape", "background"):
+        return template, p[qtype]
+    want = want or ("yes" if rng.random() < 0.5 else "no")
+    if qtype == "is_background":
+        bg = p["background"] if want == "yes" else str(
+            rng.choice([b for b in BACKGROUNDS if b != p["background"]]))
+        return template.format(bg=bg), want
+    present = sorted(set(scene_objects(p)))
+    if want == "yes":
+        color, shape = present[int(rng.integers(len(present)))]
+    else:
+        absent = [(c, s) for c in SHAPE_COLORS for s in SHAPES if (c, s) not in present]
+        near = [(c, s) for c, s in absent if any(c == c0 or s == s0 for c0, s0 in present)]
+        pool = near if near and rng.random() < 0.7 else absent
+        color, shape = pool[int(rng.integers(len(pool)))]
+    return template.format(color=color, shape=shape), want
+
+
+def sample_scene_qa(p, rng):
+    """One training (question, answer): a kind of question, then one of its trained phrasings."""
+    qtypes = scene_qtypes(p)
+    qtype = qtypes[int(rng.integers(len(qtypes)))]
+    phr = trained_phrasings(qtype)
+    return scene_question(p, qtype, phr[int(rng.integers(len(phr)))], rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,46 +413,125 @@ def load_npz_index(path):
 
 HELDOUT_SEED = 20261129
 N_HELDOUT_SCENES = 60
+N_HELDOUT_MULTI = 30
+LABEL_QTYPES = ("has", "is_background", "color", "shape")
+N_LABEL_ITEMS_PER_QTYPE = 30
+
+
+def label_set(qtype):
+    """The candidate answers of a closed question (label mode)."""
+    return {"has": YES_NO, "is_background": YES_NO, "color": list(SHAPE_COLORS),
+            "shape": SHAPES}[qtype]
 
 
 def make_heldout(out_dir):
     """Held-out images (heldout.npz) and questions/answers (heldout.json) for the tests."""
     os.makedirs(out_dir, exist_ok=True)
     arrays, images, items = {}, [], []
+    qrng = np.random.default_rng(HELDOUT_SEED + 2)       # question choices, apart from the scenes
 
-    def add_image(img, desc, qa):
+    def add_image(img, desc):
         key = f"i{len(images)}"
         arrays[key] = img
         images.append(dict(desc, key=key))
-        for q, a in qa:
-            items.append({"image": key, "question": q, "answer": a})
+        return key
 
+    def add(key, qtype, question, answer, heldout=False):
+        items.append({"image": key, "question": question, "answer": answer, "qtype": qtype,
+                      "phrasing": "heldout" if heldout else "trained"})
+
+    def ask(key, p, qtype, template, heldout=False, want=None):
+        add(key, qtype, *scene_question(p, qtype, template, qrng, want), heldout=heldout)
+
+    n_pattern = 0
     for size in HELDOUT_SIZES:
         for pattern in PATTERNS:
             if pattern == "ball":
                 frames = gst_frames(pattern, *size, BALL_FRAMES, "RGB")
                 picks = [4 + 8 * k for k in (3, 17)] if size == (320, 240) else [0, 4 + 8 * 11]
-                for f in picks:
-                    add_image(frames[f], {"kind": "pattern", "pattern": pattern, "width": size[0],
-                                          "height": size[1], "format": "RGB", "frame": f},
-                              pattern_qa(pattern))
             else:
-                add_image(gst_frames(pattern, *size, 1, "RGB")[0],
-                          {"kind": "pattern", "pattern": pattern, "width": size[0],
-                           "height": size[1], "format": "RGB", "frame": 0},
-                          pattern_qa(pattern))
+                frames, picks = gst_frames(pattern, *size, 1, "RGB"), [0]
+            for f in picks:
+                key = add_image(frames[f], {"kind": "pattern", "pattern": pattern, "width": size[0],
+                                            "height": size[1], "format": "RGB", "frame": f})
+                qa = pattern_qa(pattern, lambda qtype: PHRASINGS[qtype])
+                for qtype, k in (("caption", 0), ("caption", 1), ("pattern", 0)):
+                    add(key, qtype, *qa[qtype][k])
+                qtype = ("caption", "pattern")[n_pattern % 2]     # and one held-out wording
+                add(key, qtype, *qa[qtype][-1], heldout=True)
+                n_pattern += 1
+
     rng = np.random.default_rng(HELDOUT_SEED)
-    for _ in range(N_HELDOUT_SCENES):
+    heldout_cycle = ["caption", "count", "count_kind", "color", "shape", "background", "has",
+                     "is_background"]
+    for n in range(N_HELDOUT_SCENES):
         p = scene_params(rng)
-        qa = scene_qa(p)
-        # every scene: caption + the count question; the other questions in turn
-        pick = [qa[0], qa[2]] + [qa[3 + (len(images) % 4)]]
-        add_image(render_scene(p), p, pick)
+        key = add_image(render_scene(p), p)
+        first = lambda qtype: PHRASINGS[qtype][0]
+        ask(key, p, "caption", first("caption"))
+        ask(key, p, "count_kind", first("count_kind"))
+        qtype = ("count", "color", "shape", "background")[n % 4]
+        ask(key, p, qtype, first(qtype))
+        ask(key, p, "has", first("has"), want=YES_NO[n % 2])
+        ask(key, p, "is_background", first("is_background"), want=YES_NO[(n // 2) % 2])
+        qtype = heldout_cycle[n % len(heldout_cycle)]
+        phr = trained_phrasings(qtype)[1:]               # a newer trained wording
+        ask(key, p, qtype, phr[int(qrng.integers(len(phr)))])
+        qtype = heldout_cycle[(n + 3) % len(heldout_cycle)]
+        ask(key, p, qtype, heldout_phrasing(qtype), heldout=True)
+
+    # Multi-object frames, each object's box, and each box's crop as a region image.
+    mrng = np.random.default_rng(HELDOUT_SEED + 1)
+    region_questions = [("color", "What color is the shape?"), ("shape", "Which shape is shown?"),
+                        ("caption", "Describe the image.")]
+    for n in range(N_HELDOUT_MULTI):
+        p = multi_params(mrng)
+        img, objs = render_multi(p)
+        desc = {k: v for k, v in p.items() if k not in ("crop", "margins")}
+        key = add_image(img, desc)
+        frame = images[-1]
+        ask(key, p, "caption", PHRASINGS["caption"][0])
+        ask(key, p, "count", PHRASINGS["count"][0])
+        ask(key, p, "has", trained_phrasings("has")[n % 3], want="yes")
+        ask(key, p, "has", trained_phrasings("has")[(n + 1) % 3], want="no")
+        qtypes = scene_qtypes(p)
+        if "is_background" in qtypes:
+            ask(key, p, "is_background", PHRASINGS["is_background"][0], want=YES_NO[n % 2])
+        qtype = qtypes[n % len(qtypes)]
+        ask(key, p, qtype, heldout_phrasing(qtype), heldout=True)
+        boxes = []
+        for j, o in enumerate(objs):
+            box = region_box(o["tight"], qrng.uniform(0.12, 0.28, 4), p["width"], p["height"])
+            rp = region_params(p, o)
+            rkey = add_image(crop(img, box), dict(rp, width=box[2], height=box[3], frame_image=key,
+                                                  box=list(box)))
+            answers = {}
+            for qtype, q in region_questions:
+                answers[q] = scene_question(rp, qtype, q, qrng)[1]
+                add(rkey, qtype, q, answers[q])
+            qtype = ("color", "shape")[(n + j) % 2]
+            ask(rkey, rp, qtype, heldout_phrasing(qtype), heldout=True)
+            boxes.append({"color": o["color"], "shape": o["shape"], "box": list(box),
+                          "region_image": rkey, "answers": answers})
+        frame["objects"] = boxes
+
+    # label mode: evenly spread items of each closed kind of question get their candidates
+    for qtype in LABEL_QTYPES:
+        cand = [it for it in items if it["qtype"] == qtype]
+        for k in range(min(N_LABEL_ITEMS_PER_QTYPE, len(cand))):
+            it = cand[k * len(cand) // min(N_LABEL_ITEMS_PER_QTYPE, len(cand))]
+            it["labels"] = label_set(qtype)
+
     np.savez_compressed(os.path.join(out_dir, "heldout.npz"), **arrays)
     with open(os.path.join(out_dir, "heldout.json"), "w") as f:
-        json.dump({"seed": HELDOUT_SEED, "sizes": HELDOUT_SIZES, "images": images,
-                   "items": items}, f, indent=1)
-    print(f"wrote {out_dir}: {len(images)} images, {len(items)} questions")
+        json.dump({"seed": HELDOUT_SEED, "sizes": HELDOUT_SIZES, "phrasings": PHRASINGS,
+                   "images": images, "items": items}, f, indent=1)
+    print(f"wrote {out_dir}: {len(images)} images, {len(items)} questions, "
+          f"{sum('labels' in it for it in items)} with labels")
+
+
+def _resize_nearest(img, h, w):
+    return img[(np.arange(h) * img.shape[0] // h)[:, None], np.arange(w) * img.shape[1] // w]
 
 
 def make_preview(out):
@@ -266,10 +539,16 @@ def make_preview(out):
     for pattern in list(PATTERNS)[:12]:
         tiles.append(gst_frames(pattern, 160, 120)[0])
     rng = np.random.default_rng(1)
-    for _ in range(12):
+    for _ in range(6):
         p = scene_params(rng)
         p.update(width=160, height=120)
         tiles.append(render_scene(p))
+    for _ in range(3):
+        p = multi_params(rng)
+        p.update(width=160, height=120)
+        img, objs = render_multi(p)
+        box = region_box(objs[p["crop"]]["tight"], p["margins"], 160, 120)
+        tiles += [img, np.asarray(_resize_nearest(crop(img, box), 120, 160))]
     rows = [np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=128)
                             for t in tiles[r:r + 6]], 1) for r in range(0, len(tiles), 6)]
     write_png(out, np.concatenate(rows, 0))

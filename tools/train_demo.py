@@ -13,8 +13,9 @@ Needs PyTorch, timm, tokenizers, safetensors and Pillow (the lent GPU machine ha
 
 writes OUT/cobra/{config.json,checkpoints/latest-checkpoint.pt}, OUT/dino/{config.json,
 model.safetensors}, OUT/siglip/{config.json,model.safetensors}, OUT/reference_answers.json
-(greedy answers of the saved weights, float64, on tests/data/demo/heldout.*) and
-OUT/train_log.json.
+(greedy answers of the saved weights, float64, on tests/data/demo/heldout.*),
+OUT/reference_labels.json (the log-probability of each candidate answer of the held-out questions
+that have `labels`) and OUT/train_log.json.
 """
 
 import os
@@ -303,12 +304,25 @@ def _render_resized(p):
     return resize(dd.render_scene(p))
 
 
-def make_scenes(n, seed, workers):
+def _render_multi_and_region(p):
+    """A multi-object scene and the crop of one of its objects (the region training uses)."""
+    img, objs = dd.render_multi(p)
+    box = dd.region_box(objs[p["crop"]]["tight"], p["margins"], p["width"], p["height"])
+    return resize(img), resize(dd.crop(img, box)), dd.region_params(p, objs[p["crop"]])
+
+
+def make_scenes(n, n_multi, seed, workers):
+    """Pre-rendered training scenes: n one-kind scenes, n_multi multi-object scenes and the
+    region crop of each, as ({source: uint8 [m, S, S, 3]}, {source: [description, ...]})."""
     rng = np.random.default_rng(seed)
     params = [dd.scene_params(rng) for _ in range(n)]
+    multi = [dd.multi_params(rng) for _ in range(n_multi)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         images = pool.map(_render_resized, params, chunksize=64)
-    return np.stack(images), params
+        rendered = pool.map(_render_multi_and_region, multi, chunksize=64)
+    return ({"scene": np.stack(images), "multi": np.stack([r[0] for r in rendered]),
+             "region": np.stack([r[1] for r in rendered])},
+            {"scene": params, "multi": multi, "region": [r[2] for r in rendered]})
 
 
 def load_bank(path):
@@ -399,35 +413,94 @@ def greedy_answers(model, tokens, images, questions, max_new=32, scan=scan_chunk
     return results
 
 
+@torch.no_grad()
+def label_log_probs(model, tokens, image, question, labels):
+    """log P(label | image, prompt) of each label: its tokens alone (no stop token), each
+    predicted after the prompt and the label's earlier tokens; the sum of their log-softmax."""
+    device = next(model.parameters()).device
+    prompt = tokens.prompt(question)
+    seqs = [tokens.tok.encode(lab).ids for lab in labels]
+    L = len(prompt) + max(len(s) for s in seqs) - 1
+    ids = torch.zeros(len(labels), L, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        full = prompt + s
+        ids[i, :len(full) - 1] = torch.tensor(full[:-1])
+    img_tok = model.image_tokens(torch.as_tensor(np.array(image[None]), device=device)).expand(
+        len(labels), -1, -1)
+    h = torch.cat([img_tok, model.llm.backbone.embedding(ids.to(device))], 1)
+    logp = torch.log_softmax(model.llm.logits(model.llm(h)), -1)
+    return [sum(float(logp[i, N_IMAGE_TOKENS + len(prompt) - 1 + j, t]) for j, t in enumerate(s))
+            for i, s in enumerate(seqs)]
+
+
+def score(groups):
+    """{group: [right, total]} -> {group: fraction}."""
+    return {k: v[0] / v[1] for k, v in sorted(groups.items())}
+
+
+def accuracy_group(kind, item):
+    """Held-out accuracy is reported per kind of image for the trained phrasings, and for the
+    held-out phrasings (never trained) apart."""
+    return "heldout-phrasing" if item["phrasing"] == "heldout" else kind
+
+
 def reference_answers(out, tokens, device, log, limit=None):
     z = np.load(HELDOUT / "heldout.npz")
     meta = json.loads((HELDOUT / "heldout.json").read_text())
-    items = meta["items"][:limit] if limit else meta["items"]
+    items = meta["items"][::len(meta["items"]) // limit] if limit else meta["items"]
     resized = {im["key"]: resize(z[im["key"]]) for im in meta["images"]}
     model = load_released(out, device, torch.float64)
     res = greedy_answers(model, tokens, [resized[it["image"]] for it in items],
                          [it["question"] for it in items])
     kinds = {im["key"]: im["kind"] for im in meta["images"]}
-    rows, score = [], {}
+    rows, groups, qtypes = [], {}, {}
     for it, r in zip(items, res):
         ok = r["text"] == it["answer"]
-        k = kinds[it["image"]]
-        s = score.setdefault(k, [0, 0])
-        s[0] += ok
-        s[1] += 1
+        for d, k in ((groups, accuracy_group(kinds[it["image"]], it)),
+                     (qtypes, f"{kinds[it['image']]}/{it['qtype']}")):
+            s = d.setdefault(k, [0, 0])
+            s[0] += ok
+            s[1] += 1
         rows.append(dict(it, torch_answer=r["text"], torch_ids=r["ids"],
                          min_margin=round(r["min_margin"], 4), correct=ok))
     doc = {"note": "greedy answers of the PyTorch model (float64 math on the saved float32 "
-                   "weights, Pillow BICUBIC resize) on tests/data/demo/heldout.*",
-           "image_size": IMAGE_SIZE, "accuracy": {k: v[0] / v[1] for k, v in score.items()},
-           "counts": score, "items": rows}
+                   "weights, Pillow BICUBIC resize) on tests/data/demo/heldout.*; accuracy per "
+                   "kind of image (trained phrasings) and for the held-out phrasings",
+           "image_size": IMAGE_SIZE, "accuracy": score(groups), "counts": groups,
+           "accuracy_by_question": score(qtypes), "items": rows}
     (Path(out) / "reference_answers.json").write_text(json.dumps(doc, indent=1) + "\n")
     log["heldout_accuracy"] = doc["accuracy"]
-    log["heldout_counts"] = score
+    log["heldout_counts"] = groups
+    log["heldout_accuracy_by_question"] = doc["accuracy_by_question"]
     log["heldout_min_margin"] = min(r["min_margin"] for r in rows)
     wrong = [(r["question"], r["answer"], r["torch_answer"]) for r in rows if not r["correct"]]
-    print(f"held-out accuracy {doc['accuracy']} counts {score}; smallest margin "
-          f"{log['heldout_min_margin']:.3f}; wrong (first 20): {wrong[:20]}", flush=True)
+    print(f"held-out accuracy {doc['accuracy']} counts {groups}; by question "
+          f"{doc['accuracy_by_question']}; smallest margin {log['heldout_min_margin']:.3f}; "
+          f"wrong (first 40): {wrong[:40]}", flush=True)
+
+    # label mode: the log-probability of every candidate answer
+    rows, groups = [], {}
+    for it in (it for it in items if "labels" in it):
+        lp = label_log_probs(model, tokens, resized[it["image"]], it["question"], it["labels"])
+        best = it["labels"][int(np.argmax(lp))]
+        s = groups.setdefault(it["qtype"], [0, 0])
+        s[0] += best == it["answer"]
+        s[1] += 1
+        top2 = sorted(lp, reverse=True)[:2]
+        rows.append({"image": it["image"], "question": it["question"], "answer": it["answer"],
+                     "qtype": it["qtype"], "phrasing": it["phrasing"], "labels": it["labels"],
+                     "log_probs": lp, "torch_label": best, "margin": top2[0] - top2[1]})
+    doc = {"note": "label mode of the PyTorch model (float64 math on the saved float32 weights): "
+                   "log_probs[i] = sum of the log-softmax of labels[i]'s tokens (tokenised alone, "
+                   "no stop token), each after the image tokens, the prompt template and the "
+                   "label's earlier tokens; accuracy of the best label per kind of question",
+           "prompt": PROMPT, "accuracy": score(groups), "counts": groups, "items": rows}
+    (Path(out) / "reference_labels.json").write_text(json.dumps(doc, indent=1) + "\n")
+    log["label_accuracy"] = doc["accuracy"]
+    log["label_counts"] = groups
+    log["label_min_margin"] = min((r["margin"] for r in rows), default=None)
+    print(f"label mode accuracy {doc['accuracy']} counts {groups}; smallest margin "
+          f"{log['label_min_margin']}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,20 +535,21 @@ def self_checks(model, device):
     print(f"check: LM chunked vs sequential max abs diff {e:.3e}", flush=True)
 
 
-def sample_pairs(rng, n, scene_params, bank_patterns, p_pattern):
-    """n (source, index, question, answer) training samples."""
+def sample_pairs(rng, n, descs, shares):
+    """n (source, index, question, answer) training samples: a source by its share, one of its
+    images, a kind of question, one of its trained phrasings."""
     out = []
+    sources, cum = list(shares), np.cumsum(list(shares.values()))
     for _ in range(n):
-        if rng.random() < p_pattern:
-            i = int(rng.integers(len(bank_patterns)))
-            qa = dd.pattern_qa(bank_patterns[i])
-            q, a = qa[int(rng.integers(len(qa)))]
-            out.append(("bank", i, q, a))
+        src = sources[min(int(np.searchsorted(cum, rng.random(), side="right")), len(sources) - 1)]
+        i = int(rng.integers(len(descs[src])))
+        if src == "bank":
+            qa = dd.pattern_qa(descs[src][i])
+            qtype = list(qa)[int(rng.integers(len(qa)))]
+            q, a = qa[qtype][int(rng.integers(len(qa[qtype])))]
         else:
-            i = int(rng.integers(len(scene_params)))
-            qa = dd.scene_qa(scene_params[i])
-            q, a = qa[int(rng.integers(len(qa)))]
-            out.append(("scene", i, q, a))
+            q, a = dd.sample_scene_qa(descs[src][i], rng)
+        out.append((src, i, q, a))
     return out
 
 
@@ -488,7 +562,11 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--scenes", type=int, default=80000)
-    ap.add_argument("--p-pattern", type=float, default=0.25)
+    ap.add_argument("--multi", type=int, default=24000,
+                    help="multi-object scenes (each also gives one region crop)")
+    ap.add_argument("--p-pattern", type=float, default=0.2)
+    ap.add_argument("--p-multi", type=float, default=0.12)
+    ap.add_argument("--p-region", type=float, default=0.18)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--max-train-seconds", type=float, default=0,
@@ -498,13 +576,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.smoke:
-        args.scenes = min(args.scenes, 2000)
+        args.scenes, args.multi = min(args.scenes, 2000), min(args.multi, 600)
     t0 = time.time()
     log = {"args": vars(args), "torch": torch.__version__}
-    scene_images, scene_params = make_scenes(args.scenes, args.seed + 1, args.workers)
-    bank_images, bank_patterns = load_bank(args.bank)
-    print(f"data: {len(scene_params)} scenes, {len(bank_patterns)} pattern frames "
-          f"({time.time() - t0:.1f} s)", flush=True)
+    images, descs = make_scenes(args.scenes, args.multi, args.seed + 1, args.workers)
+    images["bank"], descs["bank"] = load_bank(args.bank)
+    shares = {"bank": args.p_pattern, "multi": args.p_multi, "region": args.p_region,
+              "scene": 1 - args.p_pattern - args.p_multi - args.p_region}
+    print("data: " + ", ".join(f"{len(d)} {s}" for s, d in descs.items())
+          + f" ({time.time() - t0:.1f} s)", flush=True)
 
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -517,8 +597,9 @@ def main(argv=None):
     self_checks(model, device)
 
     tokens = Tokens()
-    scene_gpu = torch.as_tensor(scene_images, device=device)
-    bank_gpu = torch.as_tensor(bank_images, device=device)
+    order = list(shares)                 # every image in one tensor, a source at an offset
+    all_gpu = torch.as_tensor(np.concatenate([images[s] for s in order]), device=device)
+    offset = dict(zip(order, np.cumsum([0] + [len(images[s]) for s in order[:-1]]).tolist()))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "token" in name or "pos_embed" in name or "A_log" in name
@@ -534,16 +615,12 @@ def main(argv=None):
     model.train()
     t_train = time.time()
     for step in range(steps):
-        batch = sample_pairs(rng, args.batch, scene_params, bank_patterns, args.p_pattern)
-        src_scene = torch.tensor([s == "scene" for s, _, _, _ in batch], device=device)
-        idx = torch.tensor([i for _, i, _, _ in batch], device=device)
-        images = torch.where(src_scene[:, None, None, None],
-                             scene_gpu[idx.clamp(max=len(scene_params) - 1)],
-                             bank_gpu[idx.clamp(max=len(bank_patterns) - 1)])
+        batch = sample_pairs(rng, args.batch, descs, shares)
+        batch_images = all_gpu[torch.tensor([offset[s] + i for s, i, _, _ in batch], device=device)]
         ids, rows, cols, targets = make_batch(tokens, [(q, a) for _, _, q, a in batch], device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        h = model.hidden(images, ids)
+        h = model.hidden(batch_images, ids)
         logits = model.llm.logits(h[rows, N_IMAGE_TOKENS + cols])
         loss = F.cross_entropy(logits, targets)
         opt.zero_grad(set_to_none=True)
