@@ -32,7 +32,10 @@ case "$URI" in
     SRC="videotestsrc is-live=true pattern=smpte num-buffers=90 ! video/x-raw,framerate=30/1"
     SECONDS_TO_RUN=0 ;;
 rtsp://* | rtsps://* | rtspt://*)
-    SRC="rtspsrc location=$URI latency=$LATENCY_MS ! application/x-rtp,media=video ! decodebin" ;;
+    # add-reference-timestamp-meta: each frame carries the camera's NTP time (from RTCP sender
+    # reports), which cobravlm puts in its results as timestamp (timestamp-source "ntp")
+    SRC="rtspsrc location=$URI latency=$LATENCY_MS add-reference-timestamp-meta=true"
+    SRC="$SRC ! application/x-rtp,media=video ! decodebin" ;;
 *)
     SRC="uridecodebin uri=$URI" ;;
 esac

@@ -2,7 +2,8 @@
 """The demo model sees: held-out scenes through the engine (cobra-cli) and videotestsrc patterns
 through a real cobravlm pipeline are answered correctly, and the engine's greedy answers equal the
 PyTorch model's (tests/data/demo/reference_answers.json, computed by tools/train_demo.py).
-Regions (crops at the boxes heldout.json gives for every object of the multi-object frames) and
+Regions (crops at the boxes heldout.json gives for every object of the multi-object frames, and
+the same boxes as regions of interest through cobravlm roi-mode in a PyGObject app) and
 phrasings never trained are held-out kinds of their own; label mode (cobra-cli --labels) is
 checked against the PyTorch log-probs in reference_labels.json once cobra-cli has it.
 
@@ -260,6 +261,70 @@ def pipeline_part():
           f"({100 * good / len(cases):.1f}%)" + (f"; wrong {wrong}" if wrong else ""))
 
 
+def element_regions_part():
+    """Region mode in a PyGObject app: each multi-object frame goes through appsrc with a
+    GstVideoRegionOfInterestMeta at every object's box into cobravlm roi-mode=true async=false;
+    the answer attached to each region must be the PyTorch model's for that region's crop (the
+    same pixels), and so right as often as the crops are."""
+    try:
+        import gi
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstVideo", "1.0")
+        from gi.repository import Gst, GstVideo
+    except (ImportError, ValueError) as e:
+        print(f"skip element regions: no PyGObject ({e})")
+        return
+    Gst.init(None)
+    if Gst.ElementFactory.find("cobravlm") is None:
+        print("skip element regions: cobravlm not found on GST_PLUGIN_PATH")
+        return
+    held = json.loads((DATA / "demo" / "heldout.json").read_text())
+    ref = {(it["image"], it["question"]): it["torch_answer"]
+           for it in json.loads((DATA / "demo" / "reference_answers.json").read_text())["items"]}
+    z = np.load(DATA / "demo" / "heldout.npz")
+    pipeline = Gst.parse_launch(
+        f"appsrc name=src format=time ! cobravlm name=vlm async=false interval=0 roi-mode=true "
+        f"max-rois=16 n-threads=1 model-file={MODELS / 'demo-q8_0.gguf'} ! "
+        f"appsink name=out sync=false")
+    src, out, vlm = (pipeline.get_by_name(n) for n in ("src", "out", "vlm"))
+    pipeline.set_state(Gst.State.PLAYING)
+    same, right, n, pts = 0, 0, 0, 0
+    differ = []
+    for im in (im for im in held["images"] if im["kind"] == "multi"):
+        frame = z[im["key"]]
+        h, w = frame.shape[:2]
+        caps = Gst.Caps.from_string(f"video/x-raw,format=RGB,width={w},height={h},framerate=0/1")
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        for q in im["objects"][0]["answers"]:
+            data = bytearray(info.size)
+            for row in range(h):                      # RGB rows padded to 4 bytes
+                data[row * info.stride[0]:row * info.stride[0] + w * 3] = frame[row].tobytes()
+            buf = Gst.Buffer.new_wrapped(bytes(data))
+            buf.pts, pts = pts, pts + Gst.SECOND
+            for i, o in enumerate(im["objects"]):
+                GstVideo.buffer_add_video_region_of_interest_meta(buf, "shape", *o["box"]).id = i
+            vlm.set_property("prompt", q)
+            src.emit("push-sample", Gst.Sample.new(buf, caps, None, None))
+            result = out.emit("pull-sample").get_buffer()
+            for i, o in enumerate(im["objects"]):
+                roi = GstVideo.buffer_get_video_region_of_interest_meta_id(result, i)
+                param = roi.get_param("cobravlm") if roi else None
+                got = param.get_value("text") if param else "<no answer>"
+                want = ref[(o["region_image"], q)]
+                n += 1
+                same += got == want
+                right += got == o["answers"][q]
+                if got != want:
+                    differ.append((im["key"], o["box"], q, want, got))
+    src.emit("end-of-stream")
+    pipeline.get_bus().timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    pipeline.set_state(Gst.State.NULL)
+    check(n > 0 and same == n, f"element roi-mode: {same}/{n} region answers equal PyTorch's on "
+          f"the region crops" + (f"; first differences {differ[:5]}" if differ else ""))
+    check(right / max(n, 1) >= MIN_ACCURACY["region"],
+          f"element roi-mode: {right}/{n} region answers right ({100 * right / max(n, 1):.1f}%)")
+
+
 def main():
     only = os.environ.get("COBRA_DEMO_TEST_ONLY")      # "engine" or "pipeline", for debugging
     for outtype in ("f32", "q8_0"):
@@ -272,6 +337,7 @@ def main():
             labels_part(Path(tmp))
     if only != "engine":
         pipeline_part()
+        element_regions_part()
     print(f"{len(failures)} failure(s)")
     return 1 if failures else 0
 
