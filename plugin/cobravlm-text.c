@@ -250,6 +250,19 @@ text_loop (GstPad * pad)
   }
 }
 
+/* Empties the queue and forgets the stream (stream-start, caps and segment are queued again
+ * before the next item: sending them again is harmless), its time and its caption; wakes the
+ * task. Called with text_lock. */
+static void
+text_restart_locked (GstCobraVlm * self)
+{
+  text_queue_clear (self);
+  self->text_started = FALSE;
+  self->text_position = GST_CLOCK_TIME_NONE;
+  g_clear_pointer (&self->caption, g_free);
+  g_cond_signal (&self->text_cond);
+}
+
 static gboolean
 text_activate_mode (GstPad * pad, GstObject * parent, GstPadMode mode, gboolean active)
 {
@@ -259,13 +272,8 @@ text_activate_mode (GstPad * pad, GstObject * parent, GstPadMode mode, gboolean 
     return FALSE;
   g_mutex_lock (&self->text_lock);
   self->text_flushing = !active;
-  if (!active) {
-    text_queue_clear (self);
-    self->text_started = FALSE;
-    self->text_position = GST_CLOCK_TIME_NONE;
-    g_clear_pointer (&self->caption, g_free);
-    g_cond_signal (&self->text_cond);
-  }
+  if (!active)
+    text_restart_locked (self);
   g_mutex_unlock (&self->text_lock);
   if (active)
     return gst_pad_start_task (pad, (GstTaskFunction) text_loop, pad, NULL);
@@ -282,12 +290,7 @@ text_flush (GstCobraVlm * self, GstEvent * event)
   g_mutex_lock (&self->text_lock);
   pad = self->text_pad ? gst_object_ref (self->text_pad) : NULL;
   self->text_flushing = start;
-  text_queue_clear (self);
-  /* the queue may have held the stream start; sending it again is harmless */
-  self->text_started = FALSE;
-  self->text_position = GST_CLOCK_TIME_NONE;
-  g_clear_pointer (&self->caption, g_free);
-  g_cond_signal (&self->text_cond);
+  text_restart_locked (self);
   g_mutex_unlock (&self->text_lock);
   if (pad == NULL)
     return;

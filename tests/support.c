@@ -139,3 +139,28 @@ double test_json_number(const char *json, const char *key)
     double v = p ? g_ascii_strtod(p, &end) : 0;
     return p && end != p ? v : NAN;
 }
+
+CobraModel *test_load_model(const char *outtype)
+{
+    char *path = test_model_path(outtype);
+    GError *err = NULL;
+    CobraModel *m = cobra_model_load(path, &err);
+    g_assert_no_error(err);
+    g_free(path);
+    return m;
+}
+
+CobraImage test_golden_image(Npy *a)
+{
+    test_load_npy("tiny/golden/image_rgb.npy", a);
+    return (CobraImage){COBRA_FORMAT_RGB, (int)a->shape[1], (int)a->shape[0],
+                        {a->data}, {(int)a->shape[1] * 3}, 0};
+}
+
+char *test_golden_question(void)
+{
+    char *manifest = test_read_text("tiny/golden/manifest.json");
+    char *q = test_json_string(manifest, "question");
+    g_free(manifest);
+    return q;
+}

@@ -4,12 +4,19 @@
 
 #include <glib.h>
 
+#include "cobra.h"
 #include "npy.h"
 
 /* $COBRA_TEST_DATA/rel (tests/data, the reference fixtures); g_free the result. */
 char *test_data_path(const char *rel);
 /* $COBRA_TEST_MODELS/tiny-<outtype>.gguf, converted from tests/data/tiny at build time. */
 char *test_model_path(const char *outtype);
+/* The tiny model of `outtype`, loaded; fails the test if it cannot be. */
+CobraModel *test_load_model(const char *outtype);
+/* The golden input image as a packed RGB frame; keep `a` alive while the image is used. */
+CobraImage test_golden_image(Npy *a);
+/* The golden run's question (tiny/golden/manifest.json); g_free the result. */
+char *test_golden_question(void);
 /* Load tests/data/<rel> (e.g. "tiny/golden/projected.npy"), failing the test if it is missing. */
 void test_load_npy(const char *rel, Npy *out);
 /* max |got - ref| / max |ref| */

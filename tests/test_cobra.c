@@ -39,32 +39,6 @@ static void keep_tensor(const char *name, const char *dtype, const int64_t *shap
     g_hash_table_replace(d->tensors, g_strdup(name), a);
 }
 
-static CobraModel *load_model(const char *outtype)
-{
-    char *path = test_model_path(outtype);
-    GError *err = NULL;
-    CobraModel *m = cobra_model_load(path, &err);
-    g_assert_no_error(err);
-    g_free(path);
-    return m;
-}
-
-/* The golden input image as a packed RGB frame; keep `a` alive while `img` is used. */
-static CobraImage golden_image(Npy *a)
-{
-    test_load_npy("tiny/golden/image_rgb.npy", a);
-    return (CobraImage){COBRA_FORMAT_RGB, (int)a->shape[1], (int)a->shape[0],
-                        {a->data}, {(int)a->shape[1] * 3}, 0};
-}
-
-static char *golden_question(void)
-{
-    char *manifest = test_read_text("tiny/golden/manifest.json");
-    char *q = test_json_string(manifest, "question");
-    g_free(manifest);
-    return q;
-}
-
 static int golden_n_generated(void)
 {
     Npy ids;
@@ -116,20 +90,20 @@ static void compare_dumps(GHashTable *tensors, double tol)
 
 static void test_golden(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     g_assert_no_error(err);
     Dumps d = {g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_npy)};
     cobra_session_set_tensor_callback(s, keep_tensor, &d);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     g_assert_no_error(err);
     CobraParams p;
     cobra_params_init(&p);
     p.max_tokens = golden_n_generated();
-    char *q = golden_question();
+    char *q = test_golden_question();
     char *answer = cobra_session_ask(s, q, &p, NULL, NULL, &err);
     g_assert_no_error(err);
     compare_dumps(d.tensors, 1e-4);
@@ -170,12 +144,12 @@ static gboolean collect(const char *piece, int id, void *user_data)
  * a question does not depend on what was asked before (the image state is restored). */
 static void test_questions_share_image(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 1, &err);
     CobraSession *fresh = cobra_session_new(m, 2, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     g_assert_true(cobra_session_set_image(fresh, &img, &err));
     CobraParams p;
@@ -206,7 +180,7 @@ static void test_questions_share_image(void)
 
 static void test_bad_requests(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     CobraParams p;
@@ -218,7 +192,7 @@ static void test_bad_requests(void)
     g_clear_error(&err);
 
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     CobraImage bad = img;
     bad.strides[0] = 2;
     g_assert_false(cobra_session_set_image(s, &bad, &err));
@@ -285,13 +259,13 @@ static void assert_golden_answer(CobraSession *s)
 {
     GError *err = NULL;
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     g_assert_no_error(err);
     CobraParams p;
     cobra_params_init(&p);
     p.max_tokens = golden_n_generated();
-    char *q = golden_question(), *expected = golden_text();
+    char *q = test_golden_question(), *expected = golden_text();
     char *answer = cobra_session_ask(s, q, &p, NULL, NULL, &err);
     g_assert_no_error(err);
     g_assert_cmpstr(answer, ==, expected);
@@ -329,11 +303,11 @@ static gboolean stop_after_three(const char *piece, int id, void *user_data)
  * resume; after resume the session answers as if nothing had happened. */
 static void test_cancel(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     CobraParams p;
     cobra_params_init(&p);
     p.max_tokens = 20;
@@ -447,11 +421,11 @@ static void canceller_join(Canceller *c, GThread *t)
 
 static void test_cancel_from_thread(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     Canceller c;
 
     /* during set_image: the first intermediate (the resized frame) sets the other thread off */
@@ -485,11 +459,11 @@ static void remove_model(char *path);
 /* The stop reason says which limit ended the answer. */
 static void test_stop_reason(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     CobraParams p;
     cobra_params_init(&p);
@@ -522,10 +496,10 @@ static void test_stop_reason(void)
     m = cobra_model_load(path, &err);
     g_assert_no_error(err);
     s = cobra_session_new(m, 0, &err);
-    img = golden_image(&a);
+    img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     p.max_tokens = (int)ids.n_elems;
-    char *q = golden_question();
+    char *q = test_golden_question();
     g_free(cobra_session_ask(s, q, &p, NULL, NULL, &err));
     g_assert_no_error(err);
     cobra_session_get_timings(s, &t);
@@ -599,7 +573,7 @@ static int template_tokens(CobraModel *m)
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 1, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     CobraParams p;
     cobra_params_init(&p);
@@ -630,7 +604,7 @@ static void test_bad_metadata(void)
                       (const char *[]){"'clip.dino.image_std'", "positive", NULL});
 
     /* A context that cannot hold the template and one question token. */
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     int n_template = template_tokens(m);
     cobra_model_free(m);
     g_assert_cmpint(n_template, >, 1);
@@ -651,7 +625,7 @@ static void test_bad_metadata(void)
     g_assert_no_error(err);
     CobraSession *s = cobra_session_new(m, 1, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     CobraParams p;
     cobra_params_init(&p);
@@ -672,18 +646,18 @@ static void test_bad_metadata(void)
 /* Quantised models are judged on the logits after the prompt: close, same top-1. */
 static void check_quantised(const char *outtype, double tol)
 {
-    CobraModel *m = load_model(outtype);
+    CobraModel *m = test_load_model(outtype);
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     Dumps d = {g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_npy)};
     cobra_session_set_tensor_callback(s, keep_tensor, &d);
     Npy a, ref;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     CobraParams p;
     cobra_params_init(&p);
     p.max_tokens = 1;
-    char *q = golden_question();
+    char *q = test_golden_question();
     g_free(cobra_session_ask(s, q, &p, NULL, NULL, &err));
     g_assert_no_error(err);
     test_load_npy("tiny/golden/logits_last.npy", &ref);
@@ -858,7 +832,7 @@ static void test_question_kept(void)
     /* One thread: no OpenMP team to wait for on a machine busy with other work. */
     CobraSession *s = cobra_session_new(m, 1, &err), *fresh = cobra_session_new(m, 1, &err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     g_assert_true(cobra_session_set_image(fresh, &img, &err));
     CobraParams p;
@@ -912,7 +886,7 @@ static void test_cli(void)
     char *model = test_model_path("f32");
     char *image = test_data_path("tiny/golden/image.png");
     char *dir = g_dir_make_tmp("cobra-cli-XXXXXX", NULL);
-    char *q = golden_question();
+    char *q = test_golden_question();
     char *n = g_strdup_printf("%d", golden_n_generated());
     const char *argv[] = {cli, "-m", model, "-i", image, "-p", q, "-n", n, "--dump-dir", dir, NULL};
     char *out = NULL, *errout = NULL;

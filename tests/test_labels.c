@@ -15,41 +15,15 @@ typedef struct {
 
 static const Weights weights[] = {{"f32", 1e-4}, {"f16", 5e-3}, {"q8_0", 5e-2}};
 
-static CobraModel *load_model(const char *outtype)
-{
-    char *path = test_model_path(outtype);
-    GError *err = NULL;
-    CobraModel *m = cobra_model_load(path, &err);
-    g_assert_no_error(err);
-    g_free(path);
-    return m;
-}
-
-/* The golden input image as a packed RGB frame; keep `a` alive while `img` is used. */
-static CobraImage golden_image(Npy *a)
-{
-    test_load_npy("tiny/golden/image_rgb.npy", a);
-    return (CobraImage){COBRA_FORMAT_RGB, (int)a->shape[1], (int)a->shape[0],
-                        {a->data}, {(int)a->shape[1] * 3}, 0};
-}
-
-static char *golden_question(void)
-{
-    char *manifest = test_read_text("tiny/golden/manifest.json");
-    char *q = test_json_string(manifest, "question");
-    g_free(manifest);
-    return q;
-}
-
 /* A session of `outtype` holding the golden image. */
 static CobraSession *golden_session(const char *outtype, CobraModel **model)
 {
-    *model = load_model(outtype);
+    *model = test_load_model(outtype);
     GError *err = NULL;
     CobraSession *s = cobra_session_new(*model, 0, &err);
     g_assert_no_error(err);
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     g_assert_no_error(err);
     npy_free(&a);
@@ -117,7 +91,7 @@ static void check_top5(const Weights *w)
     g_test_message("%s: %d of the top-%d ids are labels of their own", w->outtype, n, k);
     g_assert_cmpint(n, >=, 2);
     float *lp = g_new(float, n);
-    char *q = golden_question();
+    char *q = test_golden_question();
     g_assert_true(cobra_session_score_labels(s, q, (const char *const *)labels->pdata, n, lp,
                                              &err));
     g_assert_no_error(err);
@@ -289,7 +263,7 @@ static void test_independent(void)
 {
     CobraModel *m;
     CobraSession *s = golden_session("f32", &m);
-    char *q = golden_question();
+    char *q = test_golden_question();
     const char *both[] = {"a red circle", "blue sky"}, *swapped[] = {"blue sky", "a red circle"};
     float lp[2], lp_swapped[2], alone;
     GError *err = NULL;
@@ -359,14 +333,14 @@ static char *label_of_tokens(const CobraModel *m, int n)
 /* 3. Errors, each naming the label or count and the limit; the limits themselves pass. */
 static void test_errors(void)
 {
-    CobraModel *m = load_model("f32");
+    CobraModel *m = test_load_model("f32");
     GError *err = NULL;
     CobraSession *s = cobra_session_new(m, 0, &err);
     const char *ok[] = {"yes", "no"};
     expect_error(s, ok, 2, COBRA_ERROR_STATE, "image");
 
     Npy a;
-    CobraImage img = golden_image(&a);
+    CobraImage img = test_golden_image(&a);
     g_assert_true(cobra_session_set_image(s, &img, &err));
     expect_error(s, ok, 0, COBRA_ERROR_INVALID, "no labels");
     const char *blank[] = {"yes", "  "};
