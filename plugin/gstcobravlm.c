@@ -368,8 +368,8 @@ gst_cobra_vlm_class_init (GstCobraVlmClass * klass)
           G_MAXUINT64, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
   g_object_class_install_property (gobject_class, PROP_ASKS_REFUSED,
       g_param_spec_uint64 ("asks-refused", "Asks refused",
-          "`ask` calls refused: an invalid question, " G_STRINGIFY (MAX_PENDING_ASKS)
-          " already waiting, or after EOS", 0, G_MAXUINT64, 0,
+          "`ask` calls refused since the element was made: an invalid question, "
+          G_STRINGIFY (MAX_PENDING_ASKS) " already waiting, or after EOS", 0, G_MAXUINT64, 0,
           G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
   g_object_class_install_property (gobject_class, PROP_TEXT_DROPPED,
       g_param_spec_uint64 ("text-dropped", "Text dropped",
@@ -1234,8 +1234,9 @@ gst_cobra_vlm_start (GstBaseTransform * trans)
   GST_OBJECT_LOCK (self);
   async = self->async;
   n_threads = self->n_threads;
+  /* (asks-refused is not: questions may be asked, and refused, before the start) */
   self->frames_analyzed = self->frames_skipped = self->frames_unchanged = 0;
-  self->asks_refused = self->text_dropped = self->rois_skipped = 0;
+  self->text_dropped = self->rois_skipped = 0;
   GST_OBJECT_UNLOCK (self);
 
   self->session = cobra_session_new (shared_model_get (self->shared), n_threads, &err);
