@@ -7,9 +7,9 @@
  */
 
 /* Time on text_src follows the video exactly: the streaming thread queues, for every video
- * frame, what covers that frame's time (text mode: the current caption, or a GAP before the
- * first; JSON mode: a buffer per new result, GAPs otherwise) before the frame itself leaves the
- * element. So textoverlay (wait-text=true) and muxers always find text up to the video they hold,
+ * frame, what covers that frame's time (text mode: the current caption, or an empty buffer
+ * before the first; JSON mode: a buffer per new result, GAPs otherwise) before the frame itself
+ * leaves the element. So textoverlay (wait-text=true) and muxers always find text up to the video they hold,
  * text time never goes back (an answer is stamped with the frame it is published on; its
  * source-pts says which frame it describes), and no branch waits on the other. The pad's own
  * task pushes the queue, so a text branch that blocks never blocks the video. */
@@ -177,7 +177,9 @@ text_buffer_new (const gchar * text, GstClockTime start, GstClockTime end)
   return buf;
 }
 
-/* Covers a video frame's [start, end) on text_src: the caption in text mode, else a GAP. */
+/* Covers a video frame's [start, end) on text_src. Text mode: a buffer with the caption, or an
+ * empty one before the first (a subtitle track then starts with the video: mp4mux drops a
+ * leading GAP and would shift every cue to the start); JSON mode: a GAP. */
 void
 text_cover (GstCobraVlm * self, GstClockTime start, GstClockTime end)
 {
@@ -189,14 +191,14 @@ text_cover (GstCobraVlm * self, GstClockTime start, GstClockTime end)
   GST_OBJECT_LOCK (self);
   format = self->text_format;
   GST_OBJECT_UNLOCK (self);
-  g_mutex_lock (&self->text_lock);
-  if (format == GST_COBRA_VLM_TEXT_FORMAT_TEXT && self->caption)
-    caption = g_strdup (self->caption);
-  g_mutex_unlock (&self->text_lock);
-  if (caption)
-    text_queue_push (self, text_buffer_new (caption, start, end));
-  else
+  if (format == GST_COBRA_VLM_TEXT_FORMAT_JSON) {
     text_queue_push (self, gst_event_new_gap (start, end - start));
+    return;
+  }
+  g_mutex_lock (&self->text_lock);
+  caption = g_strdup (self->caption ? self->caption : "");
+  g_mutex_unlock (&self->text_lock);
+  text_queue_push (self, text_buffer_new (caption, start, end));
   g_free (caption);
 }
 
