@@ -2199,7 +2199,8 @@ static void test_mux(gconstpointer data)
             found = g_str_equal(g_strstrip(got), want);
             g_free(got);
         }
-        if (!found)
+        /* (async: the answer in progress at EOS has no frame left to be shown on) */
+        if (!found && !(c->async && k == answers->len - 1))
             g_test_fail_printf("answer %u (\"%s\") is not in the subtitles", k, want);
     }
     g_ptr_array_unref(subs);
