@@ -304,7 +304,8 @@ static void run_matmul_case(GgmlType type, int rows, int cols, int n, gboolean w
 static void test_matmul_type(gconstpointer data)
 {
     GgmlType type = GPOINTER_TO_INT(data);
-    const int cols[] = { 96, 160, 5120 }, ns[] = { 1, 3, 300 };
+    /* 3, 5, 13 and 160 blocks: the quantised dots take 8 blocks at a time, then the rest. */
+    const int cols[] = { 96, 160, 416, 5120 }, ns[] = { 1, 3, 300 };
     for (size_t c = 0; c < G_N_ELEMENTS(cols); c++)
         for (size_t k = 0; k < G_N_ELEMENTS(ns); k++)
             run_matmul_case(type, 37, cols[c], ns[k], (c + k) % 2);
