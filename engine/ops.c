@@ -3,8 +3,9 @@
  * GEMM (n > 1) on F32 weights goes to OpenBLAS in place, on F16 weights dequantised a tile of
  * rows at a time. Q4_0 and Q8_0 weights meet activations quantised to Q8_0 as in ggml, in our
  * own int8 GEMM and int8 dot products. What each weight type uses is one row of
- * `type_kernels`. Decoding (n == 1) is memory-bound, so it reads each weight once
- * in a fused dequantise-and-dot kernel. Kernels are picked at run time for the CPU (AVX-512 with
+ * `type_kernels`. Decoding (n == 1) is memory-bound (Q4_0 nearly so: its dots are written for
+ * few instructions per block), so it reads each weight once in a fused dequantise-and-dot
+ * kernel. Kernels are picked at run time for the CPU (AVX-512 with
  * VNNI, AVX-VNNI, AVX2+FMA+F16C, plain C).
  */
 #include "ops.h"
@@ -640,15 +641,15 @@ TARGET_AVX2 static float dot_q4_0_avx2(const void *wv, const void *xv, int n)
 
 /* AVX-512 takes two Q4_0 blocks per 512-bit vpdpbusd, and the offset of 8 once per 8 blocks
  * as -8 Σ d_w d_x Σx, with x's d and d Σx loaded from the arrays after its blocks (see matvec):
- * per block half the instructions of the 256-bit body, which decoded a Q4_0 row at 17 GB/s on
- * a Zen 5 core (now 2x GB/s). */
+ * per block half the instructions of the 256-bit body, which decoded a Q4_0 row at 17-18 GB/s
+ * on a Zen 5 core (this one: 22-27 GB/s). */
 TARGET_AVX512 static float dot_q4_0_avx512(const void *wv, const void *xv, int n)
 {
     const BlockQ4_0 *w = wv;
     const BlockQ8x *x = xv;
     __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                       _mm512_setzero_ps() };
-    __m256 offset = _mm256_setzero_ps(), acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 offset = _mm256_setzero_ps(), tail = _mm256_setzero_ps();
     const __m512i low4 = _mm512_set1_epi8(15);
     const int nb = n / QK4_0;
     const float *xd = (const float *)(x + nb), *xds = xd + nb;
@@ -677,9 +678,9 @@ TARGET_AVX512 static float dot_q4_0_avx512(const void *wv, const void *xv, int n
         }
     }
     for (; b < nb; b++)
-        QBLOCK(block_q4_0_vnni, acc0, b, _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d));
+        QBLOCK(block_q4_0_vnni, tail, b, _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d));
     const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    return _mm512_reduce_add_ps(a) + hsum256(_mm256_add_ps(acc0, acc1)) - 8 * hsum256(offset);
+    return _mm512_reduce_add_ps(a) + hsum256(tail) - 8 * hsum256(offset);
 }
 
 

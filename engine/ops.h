@@ -48,7 +48,7 @@ gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t 
 typedef struct {
     float *tile;        /* F16 weight rows dequantised for OpenBLAS */
     size_t tile_bytes;
-    void *xq;           /* activations quantised for Q4_0/Q8_0 weights, n rows */
+    void *xq;           /* activations quantised for Q4_0/Q8_0 weights, n rows (+ scales) */
     size_t xq_bytes;
     uint8_t *panels;    /* one packed int8 weight panel per OpenMP thread */
     size_t panels_bytes;
