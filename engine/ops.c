@@ -567,12 +567,17 @@ TARGET_AVX512 static inline __m256i block_q8_0_vnni(const BlockQ8_0 *w, const Bl
     return dot32_i8_vnni(load_q8_0_avx2(w), _mm256_loadu_si256((const __m256i *)x->qs));
 }
 
-TARGET_AVX2 static inline __m256i block_q4_0_avx2(const BlockQ4_0 *w, const BlockQ8x *x)
+/* Without the offset of 8: the 8-block loop takes it once per 8 blocks. */
+TARGET_AVX2 static inline __m256i block_q4_0_unsigned_avx2(const BlockQ4_0 *w, const BlockQ8x *x)
 {
     const __m256i p16 = _mm256_maddubs_epi16(q4_0_nibbles_avx2(w),
                                              _mm256_loadu_si256((const __m256i *)x->qs));
-    return _mm256_sub_epi32(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)),
-                            _mm256_set1_epi32(x->sum));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+TARGET_AVX2 static inline __m256i block_q4_0_avx2(const BlockQ4_0 *w, const BlockQ8x *x)
+{
+    return _mm256_sub_epi32(block_q4_0_unsigned_avx2(w, x), _mm256_set1_epi32(x->sum));
 }
 
 TARGET_AVX512 static inline __m256i block_q4_0_vnni(const BlockQ4_0 *w, const BlockQ8x *x)
@@ -601,18 +606,20 @@ TARGET_AVX512 static inline __m256i block_q4_0_vnni(const BlockQ4_0 *w, const Bl
     WSCALES8(b);                                                                                 \
     const __m256 s = _mm256_mul_ps(wd, _mm256_loadu_ps(xd + (b)))
 
-/* The int8 dot of a weight row of block type BT (each block's integer dot by BLOCK32) with
- * Q8_0 activations, 8 blocks at a time. Two accumulators, so consecutive blocks do not wait on
- * each other's FMA. */
-#define DOT_INT8_BODY(BT, BLOCK32)                                                               \
+/* The int8 dot of a weight row of block type BT with Q8_0 activations, 8 blocks at a time
+ * (each block's integer dot by BLOCK32, which may leave out an offset that OFFSET8 adds for 8
+ * blocks at once), then the rest one at a time (by TAIL32). Two accumulators, so consecutive
+ * blocks do not wait on each other's FMA. */
+#define DOT_INT8_BODY(BT, BLOCK32, OFFSET8, TAIL32)                                              \
     const BT *w = wv;                                                                            \
     const BlockQ8x *x = xv;                                                                      \
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                               \
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), offset = _mm256_setzero_ps(); \
     const int nb = n / QK8_0;                                                                    \
-    const float *xd = (const float *)(x + nb);                                                   \
+    const float *xd = (const float *)(x + nb), *xds = xd + nb;                                   \
     int b = 0;                                                                                   \
     for (; b + 8 <= nb; b += 8) {                                                                \
         SCALES8(b);                                                                              \
+        OFFSET8(b);                                                                              \
         for (int i = 0; i < 8; i += 2) {                                                         \
             _mm_prefetch((const char *)(w + b + i) + PREFETCH_BYTES, _MM_HINT_T0);               \
             QBLOCK(BLOCK32, acc0, b + i, _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(i)));     \
@@ -621,22 +628,26 @@ TARGET_AVX512 static inline __m256i block_q4_0_vnni(const BlockQ4_0 *w, const Bl
         }                                                                                        \
     }                                                                                            \
     for (; b < nb; b++)                                                                          \
-        QBLOCK(BLOCK32, acc0, b, _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d));                    \
-    return hsum256(_mm256_add_ps(acc0, acc1));
+        QBLOCK(TAIL32, acc0, b, _mm256_set1_ps(_cvtsh_ss(w[b].d) * x[b].d));                     \
+    return hsum256(_mm256_add_ps(acc0, acc1)) - 8 * hsum256(offset);
+
+/* Q8_0 has no offset; Q4_0's is -8 Σ d_w d_x Σx. */
+#define NO_OFFSET(b) (void)xds
+#define Q4_0_OFFSET(b) offset = _mm256_fmadd_ps(wd, _mm256_loadu_ps(xds + (b)), offset)
 
 TARGET_AVX2 static float dot_q8_0_avx2(const void *wv, const void *xv, int n)
 {
-    DOT_INT8_BODY(BlockQ8_0, block_q8_0_avx2)
+    DOT_INT8_BODY(BlockQ8_0, block_q8_0_avx2, NO_OFFSET, block_q8_0_avx2)
 }
 
 TARGET_AVX512 static float dot_q8_0_avx512(const void *wv, const void *xv, int n)
 {
-    DOT_INT8_BODY(BlockQ8_0, block_q8_0_vnni)
+    DOT_INT8_BODY(BlockQ8_0, block_q8_0_vnni, NO_OFFSET, block_q8_0_vnni)
 }
 
 TARGET_AVX2 static float dot_q4_0_avx2(const void *wv, const void *xv, int n)
 {
-    DOT_INT8_BODY(BlockQ4_0, block_q4_0_avx2)
+    DOT_INT8_BODY(BlockQ4_0, block_q4_0_unsigned_avx2, Q4_0_OFFSET, block_q4_0_avx2)
 }
 
 /* AVX-512 takes two Q4_0 blocks per 512-bit vpdpbusd, and the offset of 8 once per 8 blocks
@@ -656,7 +667,7 @@ TARGET_AVX512 static float dot_q4_0_avx512(const void *wv, const void *xv, int n
     int b = 0;
     for (; b + 8 <= nb; b += 8) {
         SCALES8(b);
-        offset = _mm256_fmadd_ps(wd, _mm256_loadu_ps(xds + b), offset);
+        Q4_0_OFFSET(b);
         const __m512 s2 = _mm512_castps256_ps512(s);
         for (int i = 0; i < 8; i += 2) {
             _mm_prefetch((const char *)(w + b + i) + PREFETCH_BYTES, _MM_HINT_T0);
