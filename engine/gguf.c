@@ -41,7 +41,6 @@
  * smallest page size also aligns the pointers; below 4 an F32 tensor could be misaligned. */
 #define GGUF_MIN_ALIGNMENT 4
 #define GGUF_MAX_ALIGNMENT 4096
-#define QK8_0 32
 
 typedef struct {
     char *key;
@@ -94,27 +93,33 @@ static gboolean value_type_known(uint32_t t)
     return t <= GGUF_TYPE_FLOAT64;
 }
 
+/* ggml's block layouts: Q4_0 is { f16 d; uint8 qs[16]; } (low nibbles elements 0..15, high
+ * nibbles 16..31), Q8_0 { f16 d; int8 qs[32]; }. */
+static const GgmlTypeInfo type_info[] = {
+    [GGML_TYPE_F32] = { "F32", 1, 4 },
+    [GGML_TYPE_F16] = { "F16", 1, 2 },
+    [GGML_TYPE_Q4_0] = { "Q4_0", 32, 2 + 16 },
+    [GGML_TYPE_Q8_0] = { "Q8_0", 32, 2 + 32 },
+};
+
+const GgmlTypeInfo *ggml_type_info(uint32_t type)
+{
+    return type < G_N_ELEMENTS(type_info) && type_info[type].name ? &type_info[type] : NULL;
+}
+
 static const char *tensor_type_name(uint32_t t)
 {
-    switch (t) {
-    case GGML_TYPE_F32: return "F32";
-    case GGML_TYPE_F16: return "F16";
-    case GGML_TYPE_Q8_0: return "Q8_0";
-    default: return NULL;
-    }
+    const GgmlTypeInfo *info = ggml_type_info(t);
+    return info ? info->name : NULL;
 }
 
 size_t ggml_row_size(GgmlType type, int64_t ne0)
 {
-    if (ne0 <= 0)
+    const GgmlTypeInfo *info = ggml_type_info(type);
+    if (!info || ne0 <= 0 || ne0 % info->block)
         return 0;
-    switch (type) {
-    case GGML_TYPE_F32: return (uint64_t)ne0 <= SIZE_MAX / 4 ? (size_t)ne0 * 4 : 0;
-    case GGML_TYPE_F16: return (uint64_t)ne0 <= SIZE_MAX / 2 ? (size_t)ne0 * 2 : 0;
-    case GGML_TYPE_Q8_0:
-        return ne0 % QK8_0 == 0 ? (size_t)(ne0 / QK8_0) * (2 + QK8_0) : 0;
-    }
-    return 0;
+    const uint64_t blocks = (uint64_t)(ne0 / info->block);
+    return blocks <= SIZE_MAX / info->block_bytes ? (size_t)blocks * info->block_bytes : 0;
 }
 
 /* ---- reading ---- */
@@ -363,9 +368,10 @@ static gboolean read_tensor_info(Reader *r, GgufTensor *t, uint64_t *offset, uin
         return fail(r, "unsupported tensor type %" PRIu32, type);
     t->type = type;
     size_t row = ggml_row_size(type, t->ne[0]);
-    if (row == 0 && type == GGML_TYPE_Q8_0)
-        return fail(r, "ne[0] = %" PRId64 " is not a multiple of the Q8_0 block size %d",
-                    t->ne[0], QK8_0);
+    const GgmlTypeInfo *info = ggml_type_info(type);
+    if (t->ne[0] % info->block)
+        return fail(r, "ne[0] = %" PRId64 " is not a multiple of the %s block size %d", t->ne[0],
+                    info->name, info->block);
     if (row == 0 || !g_size_checked_mul(&t->nbytes, row, (size_t)(n_elems / t->ne[0])))
         return fail(r, "byte size overflows");
     return TRUE;
@@ -808,11 +814,10 @@ static char *format_shape(const int64_t *ne, int n_dims)
 
 static char *format_types(unsigned types)
 {
-    static const GgmlType all[] = { GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 };
     GString *s = g_string_new(NULL);
-    for (size_t i = 0; i < G_N_ELEMENTS(all); i++)
-        if (types & (1u << all[i]))
-            g_string_append_printf(s, "%s%s", s->len ? " or " : "", tensor_type_name(all[i]));
+    for (uint32_t t = 0; t < 32; t++)
+        if ((types & (1u << t)) && tensor_type_name(t))
+            g_string_append_printf(s, "%s%s", s->len ? " or " : "", tensor_type_name(t));
     return g_string_free(s, FALSE);
 }
 

@@ -37,8 +37,20 @@ typedef enum {
 typedef enum {
     GGML_TYPE_F32 = 0,
     GGML_TYPE_F16 = 1,
+    GGML_TYPE_Q4_0 = 2,
     GGML_TYPE_Q8_0 = 8,
 } GgmlType;
+
+/* How a type is stored: rows are whole blocks of `block` elements, `block_bytes` each. The
+ * storage half of a type's description; its kernels are ops.c's table. */
+typedef struct {
+    const char *name;
+    int block;
+    size_t block_bytes;
+} GgmlTypeInfo;
+
+/* NULL for a type the engine does not read. */
+const GgmlTypeInfo *ggml_type_info(uint32_t type);
 
 #define GGUF_MAX_DIMS 4
 
@@ -89,7 +101,9 @@ const GgufTensor *gguf_find_tensor(const GgufFile *f, const char *name);
 
 /* Bit set of GgmlType values accepted by gguf_require_tensor(). */
 #define GGUF_TYPES_F32 (1u << GGML_TYPE_F32)
-#define GGUF_TYPES_MATRIX ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_Q8_0))
+#define GGUF_TYPES_MATRIX                                                                        \
+    ((1u << GGML_TYPE_F32) | (1u << GGML_TYPE_F16) | (1u << GGML_TYPE_Q4_0) |                     \
+     (1u << GGML_TYPE_Q8_0))
 
 /* The tensor `name` with exactly the shape ne[0..n_dims-1] (ggml order; trailing dims of 1
  * in the file are ignored) and a type in `types`; NULL and an error naming the file, the tensor,

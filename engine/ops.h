@@ -1,6 +1,6 @@
 /* ops.h - the numeric kernels every part of the engine is built from.
  *
- * Matrices are weights used in place from the mapped model file, in F32, F16 or Q8_0.
+ * Matrices are weights used in place from the mapped model file, in F32, F16, Q4_0 or Q8_0.
  * Everything else is float32. Element-wise kernels are parallel with OpenMP and use the calling
  * thread's OpenMP thread count (omp_set_num_threads() in the session's thread).
  */
@@ -20,6 +20,12 @@ typedef struct {
     int8_t qs[QK8_0];  /* value = d * qs[i] */
 } BlockQ8_0;
 
+#define QK4_0 32
+typedef struct {
+    uint16_t d;             /* scale, IEEE half */
+    uint8_t qs[QK4_0 / 2];  /* element i < 16: d * ((qs[i] & 15) - 8); element 16 + i: high nibble */
+} BlockQ4_0;
+
 /* A weight matrix W[rows][cols], row-major, element type `type` (ggml: ne[0] = cols). */
 typedef struct {
     const void *data;
@@ -36,15 +42,15 @@ Mat mat_from_tensor(const GgufTensor *t);
 gboolean mat_require(const GgufFile *f, const char *name, int64_t rows, int64_t cols,
                      unsigned types, Mat *out, GError **error);
 
-/* Per-session scratch for matmul (dequantised F16 tiles, quantised activations, packed Q8_0
+/* Per-session scratch for matmul (dequantised F16 tiles, quantised activations, packed int8
  * panels). workspace_init sizes it for the widest matrix and the largest n the session uses;
  * matmul grows it if a call needs more. */
 typedef struct {
     float *tile;        /* F16 weight rows dequantised for OpenBLAS */
     size_t tile_bytes;
-    void *xq;           /* activations quantised for Q8_0 weights, n rows */
+    void *xq;           /* activations quantised for Q4_0/Q8_0 weights, n rows (+ scales) */
     size_t xq_bytes;
-    uint8_t *panels;    /* one packed Q8_0 weight panel per OpenMP thread */
+    uint8_t *panels;    /* one packed int8 weight panel per OpenMP thread */
     size_t panels_bytes;
 } Workspace;
 
@@ -52,8 +58,8 @@ void workspace_init(Workspace *ws, int max_cols, int max_n);
 void workspace_free(Workspace *ws);
 
 /* out[n][W.rows] = x[n][W.cols] · Wᵀ (+ bias[W.rows] when bias != NULL).
- * n == 1 uses fused dequantise-and-dot matrix-vector kernels, n > 1 a GEMM. With Q8_0 weights
- * x is quantised to Q8_0 (per 32 values, scale max|x| / 127) first, as ggml does. */
+ * n == 1 uses fused dequantise-and-dot matrix-vector kernels, n > 1 a GEMM. With Q4_0 or Q8_0
+ * weights x is quantised to Q8_0 (per 32 values, scale max|x| / 127) first, as ggml does. */
 void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, Workspace *ws);
 
 /* Row r of W as floats. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks tools/cobra_convert.py against the reference fixtures.
 
-Reads the tiny GGUFs meson built ($COBRA_TEST_MODELS/tiny-{f32,f16,q8_0}.gguf; converted here when
+Reads the tiny GGUFs meson built ($COBRA_TEST_MODELS/tiny-{f32,f16,q8_0,q4_0}.gguf; converted here when
 the variable is unset), converts again with the timm SigLIP packaging and with other checkpoint
 spellings, and runs the converter on broken inputs. Expected hyper-parameters come from the golden
 manifest, expected values from the source checkpoints. Prints one line per check and ends with
@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -32,8 +33,8 @@ CONVERTER = ROOT / "tools" / "cobra_convert.py"
 DATA = Path(os.environ.get("COBRA_TEST_DATA", ROOT / "tests" / "data"))
 TINY = DATA / "tiny"
 TOKENIZER = DATA / "tokenizer" / "gpt-neox-20b-tokenizer.json"
-OUTTYPES = ("f32", "f16", "q8_0")
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}
+OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
+FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}
 
 passed, failed = 0, 0
 
@@ -165,12 +166,15 @@ def expected_tensors(man, src):
     return out
 
 
-def expected_type(shape, matrix, outtype):
+def expected_type(name, shape, matrix, outtype):
+    """q4_0 files: Q4_0 for the LM layers' in_proj and out_proj, Q8_0 for other matrices."""
     if not matrix or outtype == "f32":
         return gguf_io.F32
-    if outtype == "q8_0" and shape[-1] % 32 == 0:
-        return gguf_io.Q8_0
-    return gguf_io.F16
+    if outtype not in ("q8_0", "q4_0") or shape[-1] % 32:
+        return gguf_io.F16
+    if outtype == "q4_0" and re.fullmatch(r"blk\.\d+\.ssm_(in|out)\.weight", name):
+        return gguf_io.Q4_0
+    return gguf_io.Q8_0
 
 
 U32, F32V, STR, BOOL, ARR = (gguf_io.T_UINT32, gguf_io.T_FLOAT32, gguf_io.T_STRING, gguf_io.T_BOOL,
@@ -245,11 +249,30 @@ def expected_metadata(man, outtype):
 # Checks on one converted file
 # ---------------------------------------------------------------------------------------------
 
+def ref_q4_0_block(x):
+    """One block of 32 float32 values as ggml's quantize_row_q4_0_ref makes it (18 bytes), one
+    value at a time in float32 scalars: m = the first value of largest magnitude, d = m / -8,
+    q = min(15, (int8)(x * (1 / d) + 8.5)), low nibbles elements 0..15."""
+    m = np.float32(0)
+    for v in x:
+        if abs(v) > abs(m):
+            m = v
+    d = m / np.float32(-8)
+    inv = np.float32(1) / d if d != 0 else np.float32(0)
+    q = [min(15, int(v * inv + np.float32(8.5))) for v in x]
+    return np.float16(d).tobytes() + bytes(q[j] | q[16 + j] << 4 for j in range(16))
+
+
 def values_match(info, expected, rel_tol):
     """(ok, detail): F32 exact (or within rel_tol of max |ref|), F16 = IEEE round-to-nearest of the
-    source, Q8_0 ggml's scales and every value within half a quantisation step."""
+    source, Q8_0 ggml's scales and every value within half a quantisation step, Q4_0 the bytes of
+    ggml's reference quantisation."""
     got = info.numpy()
     ref = np.asarray(expected, dtype=np.float32)
+    if info.type == gguf_io.Q4_0:
+        want = b"".join(ref_q4_0_block(b) for b in ref.reshape(-1, 32))
+        bad = [i for i in range(0, len(want), 18) if bytes(info.raw[i:i + 18]) != want[i:i + 18]]
+        return not bad, f"{len(bad)} blocks differ, first at byte {bad[:1]}"
     if info.type == gguf_io.F32:
         rel = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
         return bool(rel <= rel_tol), f"relative error {rel:.3g} > {rel_tol}"
@@ -315,7 +338,7 @@ def check_file(tag, path, outtype, man, expected):
         info = r.tensors.get(name)
         if info is None:
             continue
-        want_type = expected_type(shape, matrix, outtype)
+        want_type = expected_type(name, shape, matrix, outtype)
         ok = check(f"{tag}: {name} ne {list(shape[::-1])} {gguf_io.TYPE_NAMES[want_type]}",
                    info.shape == shape and info.type == want_type,
                    f"got ne {list(info.ne)} type {info.type}")
@@ -517,6 +540,30 @@ def test_quantizer():
     check("Q8_0 all-zero block quantises to zeros", not blocks["qs"][1].any())
 
 
+def test_quantizer_q4_0():
+    """ggml's quantize_row_q4_0_ref on hand-made blocks: the scale takes the sign of the first value
+    of largest magnitude (that value becomes -8), x / d + 8.5 truncated (halves round up), 16
+    clamped to 15, an all-zero block is all 8s with d = 0."""
+    a = np.zeros(32, dtype=np.float32)
+    a[:8] = [-16.0, 16.0, 3.0, -3.0, 1.0, -1.0, 5.0, 0.5]   # d = 2, 1 / d exact
+    a[16:19] = [-15.0, 14.5, 7.0]
+    b = np.zeros(32, dtype=np.float32)
+    b[:2] = [8.0, -8.0]                                        # first wins: d = -1
+    blocks = gguf_io.quantize_q4_0(np.stack([a, b, np.zeros(32, np.float32)]))
+    q = np.concatenate([blocks["qs"] & 15, blocks["qs"] >> 4], axis=1).astype(int)
+    want_a = np.full(32, 8)
+    want_a[:8] = [0, 16, 10, 7, 9, 8, 11, 8]                   # 16 before the clamp
+    want_a[16:19] = [1, 15, 12]                                # 14.5 / 2 + 8.5 = 15.75
+    want_a = np.minimum(want_a, 15)
+    check("Q4_0 scale is -(first largest-magnitude value) / 8 as f16",
+          blocks["d"].tolist() == [2.0, -1.0, 0.0], str(blocks["d"]))
+    check("Q4_0 values: halves round up, 16 clamps to 15", np.array_equal(q[0], want_a), str(q[0]))
+    check("Q4_0 first of equal magnitudes sets the sign", q[1][:2].tolist() == [0, 15], str(q[1][:2]))
+    check("Q4_0 all-zero block is all 8s", (q[2] == 8).all(), str(q[2]))
+    got = b"".join(ref_q4_0_block(x) for x in (a, b, np.zeros(32, np.float32)))
+    check("Q4_0 quantiser equals the scalar reference", got == blocks.tobytes())
+
+
 def test_source_dtypes(tmp):
     """F16 and BF16 sources read back as their float values."""
     values = (np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 11.5) / 8   # exact in f16 and bf16
@@ -657,6 +704,7 @@ def main():
         guarded("source readers", test_sources_agree, src)
         guarded("resampler", test_resampler)
         guarded("quantizer", test_quantizer)
+        guarded("Q4_0 quantizer", test_quantizer_q4_0)
         guarded("source dtypes", test_source_dtypes, tmp)
         base = gguf_io.GGUFReader(models / "tiny-f32.gguf")
         guarded("lm_head", test_lm_head, tmp, src, base)

@@ -571,7 +571,7 @@ static const Damage damages[] = {
     { "ne-negative", "ne:w.f32", 0, 8, (uint64_t)1 << 63, "ne[0] = 9223372036854775808 is outside" },
     { "ne-overflow", "ne:v.f32", 0, 8, (uint64_t)1 << 62, "tensor 'v.f32': element count overflows" },
     { "bytes-overflow", "ne:v.col", 0, 8, (uint64_t)1 << 62, "tensor 'v.col': byte size overflows" },
-    { "unknown-tensor-type", "ttype:w.f16", 0, 4, 2, "tensor 'w.f16': unsupported tensor type 2" },
+    { "unknown-tensor-type", "ttype:w.f16", 0, 4, 3, "tensor 'w.f16': unsupported tensor type 3" },
     { "q8-partial-block", "ne:w.q8", 0, 8, 48,
       "tensor 'w.q8': ne[0] = 48 is not a multiple of the Q8_0 block size 32" },
     { "offset-past-end", "off:v.col", 0, 8, (uint64_t)1 << 20,
@@ -699,6 +699,8 @@ static void test_row_size(void)
     g_assert_cmpuint(ggml_row_size(GGML_TYPE_F16, 7), ==, 14);
     g_assert_cmpuint(ggml_row_size(GGML_TYPE_Q8_0, 64), ==, 68);
     g_assert_cmpuint(ggml_row_size(GGML_TYPE_Q8_0, 33), ==, 0);
+    g_assert_cmpuint(ggml_row_size(GGML_TYPE_Q4_0, 64), ==, 36);
+    g_assert_cmpuint(ggml_row_size(GGML_TYPE_Q4_0, 48), ==, 0);
     g_assert_cmpuint(ggml_row_size(GGML_TYPE_F32, 0), ==, 0);
     g_assert_cmpuint(ggml_row_size(GGML_TYPE_F32, INT64_MAX), ==, 0);
 }

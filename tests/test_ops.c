@@ -115,6 +115,26 @@ static void ref_quantize_q8_0(const float *w, BlockQ8_0 *out, int n)
     }
 }
 
+/* Q4_0 as ggml quantises: d = -(the value of largest magnitude) / 8, q = w / d + 8 rounded
+ * half up and clamped to 0..15; low nibbles hold elements 0..15, high nibbles 16..31. */
+static void ref_quantize_q4_0(const float *w, BlockQ4_0 *out, int n)
+{
+    for (int b = 0; b < n / QK4_0; b++) {
+        const float *wb = w + b * QK4_0;
+        double max = 0;
+        for (int i = 0; i < QK4_0; i++)
+            if (fabs(wb[i]) > fabs(max))
+                max = wb[i];
+        double d = max / -8;
+        int q[QK4_0];
+        for (int i = 0; i < QK4_0; i++)
+            q[i] = d != 0 ? (int)CLAMP(floor(wb[i] / d + 8.5), 0, 15) : 8;
+        out[b].d = fp32_to_fp16((float)d);
+        for (int i = 0; i < QK4_0 / 2; i++)
+            out[b].qs[i] = (uint8_t)(q[i] | q[QK4_0 / 2 + i] << 4);
+    }
+}
+
 static TestMat make_mat(GgmlType type, int rows, int cols)
 {
     TestMat m = { .W = { .type = type, .rows = rows, .cols = cols } };
@@ -152,6 +172,24 @@ static TestMat make_mat(GgmlType type, int rows, int cols)
         g_free(w);
         break;
     }
+    case GGML_TYPE_Q4_0: {
+        BlockQ4_0 *q = g_new(BlockQ4_0, n / QK4_0);
+        for (int r = 0; r < rows; r++)
+            ref_quantize_q4_0(w + (size_t)r * cols, q + (size_t)r * (cols / QK4_0), cols);
+        /* Both extremes in both halves of a byte: values 7 and -8, -8 and 7. */
+        for (size_t b = 0; b < n / QK4_0; b += 5) {
+            q[b].qs[b % 16] = 0x0f;
+            q[b].qs[(b + 7) % 16] = 0xf0;
+        }
+        for (size_t b = 0; b < n / QK4_0; b++)
+            for (int i = 0; i < QK4_0 / 2; i++) {
+                m.ref[b * QK4_0 + i] = ref_half(q[b].d) * ((q[b].qs[i] & 15) - 8);
+                m.ref[b * QK4_0 + 16 + i] = ref_half(q[b].d) * ((q[b].qs[i] >> 4) - 8);
+            }
+        m.data = q;
+        g_free(w);
+        break;
+    }
     }
     m.W.data = m.data;
     return m;
@@ -163,7 +201,7 @@ static void free_mat(TestMat *m)
     g_free(m->ref);
 }
 
-/* x as matmul quantises it to meet Q8_0 weights (ggml's quantize_row_q8_0, float scale
+/* x as matmul quantises it to meet Q4_0 and Q8_0 weights (ggml's quantize_row_q8_0, float scale
  * max|x| / 127, ties away from zero), decoded in double. */
 static void ref_quantize_x(const float *x, double *out, int cols)
 {
@@ -179,7 +217,7 @@ static void ref_quantize_x(const float *x, double *out, int cols)
 }
 
 /* out[i][r] must lie within a rigorous bound of the float64 product of the weights and the
- * activations as they meet them (quantised for Q8_0): float rounding of any summation order,
+ * activations as they meet them (quantised for Q4_0 and Q8_0): float rounding of any summation order,
  * cols + 2 roundings of Σ|w x|. */
 static void check_matmul(const char *what, const float *out, const float *x, int n,
                          const TestMat *m, const float *bias, double *bounds)
@@ -191,7 +229,7 @@ static void check_matmul(const char *what, const float *out, const float *x, int
     double worst = 0;
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * cols;
-        if (m->W.type == GGML_TYPE_Q8_0)
+        if (m->W.type == GGML_TYPE_Q8_0 || m->W.type == GGML_TYPE_Q4_0)
             ref_quantize_x(xi, xd, cols);
         else
             for (int j = 0; j < cols; j++)
@@ -219,7 +257,7 @@ static void check_matmul(const char *what, const float *out, const float *x, int
 
 static const char *type_name(GgmlType t)
 {
-    return t == GGML_TYPE_F32 ? "F32" : t == GGML_TYPE_F16 ? "F16" : "Q8_0";
+    return t == GGML_TYPE_F32 ? "F32" : t == GGML_TYPE_F16 ? "F16" : t == GGML_TYPE_Q4_0 ? "Q4_0" : "Q8_0";
 }
 
 static void run_matmul_case(GgmlType type, int rows, int cols, int n, gboolean with_bias)
@@ -266,7 +304,8 @@ static void run_matmul_case(GgmlType type, int rows, int cols, int n, gboolean w
 static void test_matmul_type(gconstpointer data)
 {
     GgmlType type = GPOINTER_TO_INT(data);
-    const int cols[] = { 96, 160, 5120 }, ns[] = { 1, 3, 300 };
+    /* 3, 5, 13 and 160 blocks: the quantised dots take 8 blocks at a time, then the rest. */
+    const int cols[] = { 96, 160, 416, 5120 }, ns[] = { 1, 3, 300 };
     for (size_t c = 0; c < G_N_ELEMENTS(cols); c++)
         for (size_t k = 0; k < G_N_ELEMENTS(ns); k++)
             run_matmul_case(type, 37, cols[c], ns[k], (c + k) % 2);
@@ -283,12 +322,14 @@ static void test_matmul_narrower(gconstpointer data)
 {
     const char *env_var = data;
     if (g_test_subprocess()) {
-        for (int t = 0; t < 3; t++) {
-            GgmlType type = (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 }[t];
+        for (int t = 0; t < 4; t++) {
+            GgmlType type = (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0,
+                                          GGML_TYPE_Q4_0 }[t];
             run_matmul_case(type, 37, 160, 1, TRUE);
             run_matmul_case(type, 37, 96, 3, FALSE);
         }
         run_matmul_case(GGML_TYPE_Q8_0, 45, 160, 13, TRUE);
+        run_matmul_case(GGML_TYPE_Q4_0, 45, 160, 13, TRUE);
         return;
     }
     g_setenv(env_var, "1", TRUE);
@@ -315,8 +356,9 @@ static void test_workspace_grows(void)
 
 static void test_mat_rows(void)
 {
-    for (int t = 0; t < 3; t++) {
-        GgmlType type = (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0 }[t];
+    for (int t = 0; t < 4; t++) {
+        GgmlType type =
+            (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0 }[t];
         TestMat m = make_mat(type, 5, 96);
         GgufTensor tensor = { .name = "w", .n_dims = 2, .ne = { 96, 5, 1, 1 }, .type = type,
                               .data = m.data };
@@ -508,10 +550,10 @@ static void test_thread_counts(void)
 {
     int rows = 300, cols = 512, n = 3;
     size_t len = (size_t)rows * cols;
-    float *x = g_new(float, (size_t)n * cols), *res[2][5];
+    float *x = g_new(float, (size_t)n * cols), *res[2][7];
     fill_uniform(x, (size_t)n * cols, -1, 1);
-    TestMat mats[3] = { make_mat(GGML_TYPE_F32, rows, cols), make_mat(GGML_TYPE_F16, rows, cols),
-                        make_mat(GGML_TYPE_Q8_0, rows, cols) };
+    TestMat mats[4] = { make_mat(GGML_TYPE_F32, rows, cols), make_mat(GGML_TYPE_F16, rows, cols),
+                        make_mat(GGML_TYPE_Q8_0, rows, cols), make_mat(GGML_TYPE_Q4_0, rows, cols) };
     float *big = g_new(float, len), w[512], b[512];
     fill_uniform(big, len, -5, 5);
     fill_uniform(w, cols, -1, 1);
@@ -530,19 +572,23 @@ static void test_thread_counts(void)
         layernorm(res[t][3], big, w, b, rows, cols, 1e-6f);
         res[t][4] = g_new(float, (size_t)n * rows);
         matmul(res[t][4], x, n, &mats[2].W, NULL, &ws);
+        res[t][5] = g_new(float, rows);
+        matmul(res[t][5], x, 1, &mats[3].W, NULL, &ws);
+        res[t][6] = g_new(float, (size_t)n * rows);
+        matmul(res[t][6], x, n, &mats[3].W, NULL, &ws);
     }
     omp_set_num_threads(saved);
     /* Decoding, the int8 GEMM and norms split work by rows, so every thread count gives the same
      * bits. */
-    for (int k = 0; k < 5; k++) {
-        size_t m = k < 3 ? (size_t)rows : k == 3 ? len : (size_t)n * rows;
+    for (int k = 0; k < 7; k++) {
+        size_t m = k < 3 || k == 5 ? (size_t)rows : k == 3 ? len : (size_t)n * rows;
         if (memcmp(res[0][k], res[1][k], m * sizeof(float)) != 0)
             g_test_fail_printf("kernel %d: 1 and 2 threads give different results", k);
     }
     for (int t = 0; t < 2; t++)
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < 7; k++)
             g_free(res[t][k]);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 4; k++)
         free_mat(&mats[k]);
     workspace_free(&ws);
     g_free(x);
@@ -558,6 +604,7 @@ int main(int argc, char **argv)
     g_test_add_data_func("/ops/matmul/f32", GINT_TO_POINTER(GGML_TYPE_F32), test_matmul_type);
     g_test_add_data_func("/ops/matmul/f16", GINT_TO_POINTER(GGML_TYPE_F16), test_matmul_type);
     g_test_add_data_func("/ops/matmul/q8_0", GINT_TO_POINTER(GGML_TYPE_Q8_0), test_matmul_type);
+    g_test_add_data_func("/ops/matmul/q4_0", GINT_TO_POINTER(GGML_TYPE_Q4_0), test_matmul_type);
     g_test_add_data_func("/ops/matmul/portable", "COBRA_NO_SIMD", test_matmul_narrower);
     g_test_add_data_func("/ops/matmul/no-avx512", "COBRA_NO_AVX512", test_matmul_narrower);
     g_test_add_func("/ops/matmul/workspace-grows", test_workspace_grows);

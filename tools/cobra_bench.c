@@ -1,6 +1,6 @@
 /* cobra-bench - speed of the engine on a random-weight model with the real cobra+3b shapes.
  *
- *   cobra-bench [--type f32|f16|q8_0] [-t THREADS] [--n-layer N] [--vision-depth D]
+ *   cobra-bench [--type f32|f16|q8_0|q4_0] [-t THREADS] [--n-layer N] [--vision-depth D]
  *               [--prompt-tokens P] [--gen G] [--reps R] [-m MODEL]
  *
  * The model is written once by tools/bench_model.py (the converter's own assembly and GGUF
@@ -329,7 +329,7 @@ static Options parse_options(int argc, char **argv)
 {
     Options o = {g_strdup("q8_0"), 0, 64, 0, 21, 64, 1, NULL};
     GOptionEntry entries[] = {
-        {"type", 0, 0, G_OPTION_ARG_STRING, &o.type, "weight type: f32, f16 or q8_0 (q8_0)", "T"},
+        {"type", 0, 0, G_OPTION_ARG_STRING, &o.type, "weight type: f32, f16, q8_0 or q4_0 (q8_0)", "T"},
         {"threads", 't', 0, G_OPTION_ARG_INT, &o.threads, "threads (all cores)", "N"},
         {"n-layer", 0, 0, G_OPTION_ARG_INT, &o.n_layer, "Mamba layers (64)", "N"},
         {"vision-depth", 0, 0, G_OPTION_ARG_INT, &o.vision_depth,
@@ -346,8 +346,9 @@ static Options parse_options(int argc, char **argv)
     if (!g_option_context_parse(ctx, &argc, &argv, &err))
         die("%s", err->message);
     g_option_context_free(ctx);
-    if (strcmp(o.type, "f32") && strcmp(o.type, "f16") && strcmp(o.type, "q8_0"))
-        die("--type must be f32, f16 or q8_0");
+    if (strcmp(o.type, "f32") && strcmp(o.type, "f16") && strcmp(o.type, "q8_0") &&
+        strcmp(o.type, "q4_0"))
+        die("--type must be f32, f16, q8_0 or q4_0");
     if (o.n_layer < 1 || o.vision_depth < 0 || o.prompt_tokens < 1 || o.gen < 2 || o.reps < 1 ||
         o.threads < 0)
         die("out-of-range option");

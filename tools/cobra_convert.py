@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gguf_io  # noqa: E402
-from gguf_io import F16, F32, Q8_0, T_FLOAT32, T_INT32, T_STRING  # noqa: E402
+from gguf_io import F16, F32, Q4_0, Q8_0, T_FLOAT32, T_INT32, T_STRING  # noqa: E402
 
 
 class ConvertError(Exception):
@@ -590,19 +590,26 @@ CHAT_TEMPLATE = (
 # Assembly
 # ---------------------------------------------------------------------------------------------
 
-FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}   # llama.cpp's general.file_type numbering
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}   # llama.cpp's general.file_type numbering
+# The matrices --outtype q4_0 stores as Q4_0 (name suffixes of the LM's layers): in_proj and
+# out_proj, 89% of cobra+3b's weights. Every other matrix stays Q8_0; docs/performance.md has the
+# measurements behind the choice.
+Q4_0_MATRICES = ("ssm_in.weight", "ssm_out.weight")
 PROJECTOR_TYPE = "fused-gelu-mlp"
 RESIZE_STRATEGY = "resize-naive"
 RMS_NORM_EPS = 1e-5
 
 
 def output_type(tensor, outtype):
-    """F32 unless the tensor is a matrix and a smaller type was asked for; Q8_0 needs ne[0] % 32."""
+    """F32 unless the tensor is a matrix and a smaller type was asked for; Q8_0 and Q4_0 need
+    ne[0] % 32 (F16 otherwise), and q4_0 keeps all but Q4_0_MATRICES at Q8_0."""
     if not tensor.matrix or outtype == "f32":
         return F32
-    if outtype == "q8_0" and tensor.shape[-1] % gguf_io.QK8_0 == 0:
-        return Q8_0
-    return F16
+    if outtype not in ("q8_0", "q4_0") or tensor.shape[-1] % gguf_io.QK8_0:
+        return F16
+    if outtype == "q4_0" and tensor.name.startswith("blk.") and tensor.name.endswith(Q4_0_MATRICES):
+        return Q4_0
+    return Q8_0
 
 
 def read_cobra_config(folder):

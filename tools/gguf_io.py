@@ -15,10 +15,13 @@ GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 
 # ggml tensor types (the ones this project uses)
-F32, F16, Q8_0 = 0, 1, 8
-TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0"}
+F32, F16, Q4_0, Q8_0 = 0, 1, 2, 8
+TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q8_0: "Q8_0"}
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 2 + QK8_0
+QK4_0 = 32
+Q4_0_BLOCK_BYTES = 2 + QK4_0 // 2
+Q4_0_DTYPE = [("d", "<f2"), ("qs", "u1", QK4_0 // 2)]
 
 # GGUF metadata value types
 (T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL, T_STRING, T_ARRAY,
@@ -49,6 +52,10 @@ def tensor_nbytes(shape, ggml_type):
         if shape[-1] % QK8_0:
             raise GGUFError(f"Q8_0 needs ne[0] ({shape[-1]}) to be a multiple of {QK8_0}")
         return count // QK8_0 * Q8_0_BLOCK_BYTES
+    if ggml_type == Q4_0:
+        if shape[-1] % QK4_0:
+            raise GGUFError(f"Q4_0 needs ne[0] ({shape[-1]}) to be a multiple of {QK4_0}")
+        return count // QK4_0 * Q4_0_BLOCK_BYTES
     raise GGUFError(f"unsupported ggml type {ggml_type}")
 
 
@@ -71,6 +78,22 @@ def quantize_q8_0(x):
     return out
 
 
+def quantize_q4_0(x):
+    """ggml's quantize_row_q4_0_ref on float32 rows: per 32 values m = the first value of largest
+    magnitude, d = m / -8 (stored as f16), q = min(15, trunc(x * (1 / d) + 8.5)) in float32;
+    byte i holds q[i] in its low nibble and q[16 + i] in its high one."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, QK4_0)
+    m = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]
+    d = m / np.float32(-8)
+    inv = np.zeros_like(d)
+    np.divide(np.float32(1), d, out=inv, where=d != 0)
+    q = np.minimum(15, np.trunc(blocks * inv[:, None] + np.float32(8.5))).astype(np.uint8)
+    out = np.empty(len(blocks), dtype=Q4_0_DTYPE)
+    out["d"] = d.astype(np.float16)
+    out["qs"] = q[:, :QK4_0 // 2] | q[:, QK4_0 // 2:] << 4
+    return out
+
+
 def encode_tensor(array, ggml_type):
     """Bytes of `array` (any float dtype) in ggml's layout for `ggml_type`."""
     if ggml_type == F32:
@@ -79,6 +102,8 @@ def encode_tensor(array, ggml_type):
         return np.ascontiguousarray(array, dtype="<f2").tobytes()
     if ggml_type == Q8_0:
         return quantize_q8_0(array).tobytes()
+    if ggml_type == Q4_0:
+        return quantize_q4_0(array).tobytes()
     raise GGUFError(f"unsupported ggml type {ggml_type}")
 
 
@@ -92,6 +117,10 @@ def decode_tensor(raw, shape, ggml_type):
         blocks = raw.view([("d", "<f2"), ("qs", "i1", QK8_0)])
         values = blocks["qs"].astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
         return values.reshape(shape)
+    if ggml_type == Q4_0:
+        blocks = raw.view(Q4_0_DTYPE)
+        q = np.concatenate([blocks["qs"] & 15, blocks["qs"] >> 4], axis=1).astype(np.float32) - 8
+        return (q * blocks["d"].astype(np.float32)[:, None]).reshape(shape)
     raise GGUFError(f"unsupported ggml type {ggml_type}")
 
 

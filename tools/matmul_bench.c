@@ -2,7 +2,7 @@
  * ceilings in the same process: OpenBLAS sgemm at each GEMM shape and streaming-read bandwidth
  * for the matrix-vector products.
  *
- *   matmul-bench [-t THREADS] [--type f32|f16|q8_0|all] [--reps R] [--no-sgemm]
+ *   matmul-bench [-t THREADS] [--type f32|f16|q8_0|q4_0|all] [--reps R] [--no-sgemm]
  *
  * Weights are synthetic (no model file), so it runs anywhere the binary does; cobra-bench
  * measures the whole model. One line per shape and type.
@@ -56,6 +56,15 @@ static void *make_weights(GgmlType type, int n, int k)
             w[i] = fp32_to_fp16(frand(&seed));
         return w;
     }
+    if (type == GGML_TYPE_Q4_0) {
+        BlockQ4_0 *w = g_new(BlockQ4_0, count / QK4_0);
+        for (size_t b = 0; b < count / QK4_0; b++) {
+            w[b].d = fp32_to_fp16(0.5f / 8);
+            for (int i = 0; i < QK4_0 / 2; i++)
+                w[b].qs[i] = (uint8_t)((frand(&seed) + 0.5f) * 256);
+        }
+        return w;
+    }
     BlockQ8_0 *w = g_new(BlockQ8_0, count / QK8_0);
     for (size_t b = 0; b < count / QK8_0; b++) {
         w[b].d = fp32_to_fp16(0.5f / 127);
@@ -80,7 +89,7 @@ static double time_matmul(const Mat *W, const float *x, int m, float *out, Works
 
 static const char *type_name(GgmlType t)
 {
-    return t == GGML_TYPE_F32 ? "f32" : t == GGML_TYPE_F16 ? "f16" : "q8_0";
+    return t == GGML_TYPE_F32 ? "f32" : t == GGML_TYPE_F16 ? "f16" : t == GGML_TYPE_Q4_0 ? "q4_0" : "q8_0";
 }
 
 int main(int argc, char **argv)
@@ -90,7 +99,7 @@ int main(int argc, char **argv)
     char *type_arg = NULL;
     GOptionEntry entries[] = {
         {"threads", 't', 0, G_OPTION_ARG_INT, &threads, "threads (all cores)", "N"},
-        {"type", 0, 0, G_OPTION_ARG_STRING, &type_arg, "f32, f16, q8_0 or all (all)", "T"},
+        {"type", 0, 0, G_OPTION_ARG_STRING, &type_arg, "f32, f16, q8_0, q4_0 or all (all)", "T"},
         {"reps", 0, 0, G_OPTION_ARG_INT, &reps, "repetitions; the best is kept (3)", "R"},
         {"no-sgemm", 0, 0, G_OPTION_ARG_NONE, &no_sgemm,
          "skip the sgemm ceiling (where the BLAS linked is not a tuned one)", NULL},
@@ -103,13 +112,14 @@ int main(int argc, char **argv)
         return 2;
     }
     g_option_context_free(ctx);
-    GgmlType types[3] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0};
-    int first = 0, last = 2;
+    GgmlType types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    const int n_types = G_N_ELEMENTS(types);
+    int first = 0, last = n_types - 1;
     if (type_arg && strcmp(type_arg, "all") != 0) {
-        for (first = 0; first < 3 && strcmp(type_arg, type_name(types[first])); first++)
+        for (first = 0; first < n_types && strcmp(type_arg, type_name(types[first])); first++)
             ;
-        if (first == 3) {
-            fprintf(stderr, "matmul-bench: --type must be f32, f16, q8_0 or all\n");
+        if (first == n_types) {
+            fprintf(stderr, "matmul-bench: --type must be f32, f16, q8_0, q4_0 or all\n");
             return 2;
         }
         last = first;
@@ -134,7 +144,7 @@ int main(int argc, char **argv)
         workspace_init(&ws, s->k, s->m);
         double sgemm_s = s->m > 1 && !no_sgemm ? time_sgemm(s->m, s->n, s->k, reps) : 0;
         for (int t = first; t <= last; t++) {
-            if (types[t] == GGML_TYPE_Q8_0 && s->k % QK8_0)
+            if (ggml_row_size(types[t], s->k) == 0)
                 continue;
             const Mat W = {make_weights(types[t], s->n, s->k), types[t], s->n, s->k};
             double sec = time_matmul(&W, x, s->m, out, &ws, reps);
