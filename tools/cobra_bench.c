@@ -172,7 +172,7 @@ static double add_tower(Costs *c, const GgufFile *f, const char *p)
 static Costs model_costs(const char *path)
 {
     GError *err = NULL;
-    GgufFile *f = gguf_open(path, &err);
+    GgufFile *f = gguf_open_mapped(path, &err); /* only shapes are read */
     if (!f)
         die("%s", err->message);
     Costs c = {0};
@@ -386,7 +386,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < (size_t)S * S * 3; i++)
         rgb[i] = (guint8)(i * 7 + i / 1153);
     CobraImage img = {COBRA_FORMAT_RGB, S, S, {rgb}, {S * 3}, 0};
-    GgufFile *f = gguf_open(path, &err);
+    /* mapped: the model holds the weights already, a second copy would double the peak RSS */
+    GgufFile *f = gguf_open_mapped(path, &err);
     char *question = make_question(model, gguf_get_string(f, "cobra.prompt_template", NULL),
                                    o.prompt_tokens);
     gguf_close(f);
