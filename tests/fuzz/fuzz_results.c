@@ -217,6 +217,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static gboolean ready;
     if (!ready) {
+        /* core types only: no plugin is needed, and loading them all (as a registry scan in
+         * this process does) drags in fontconfig and its leaks */
+        g_setenv("GST_PLUGIN_SYSTEM_PATH_1_0", "", TRUE);
+        g_setenv("GST_PLUGIN_PATH_1_0", "", TRUE);
+        g_setenv("GST_REGISTRY_1_0", "/nonexistent/cobra-fuzz-registry.bin", TRUE);
         gst_init(NULL, NULL);
         ready = TRUE;
     }
