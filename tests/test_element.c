@@ -1492,7 +1492,7 @@ static void test_series_and_origin(void)
 {
     GstElement *a = make_vlm("async", FALSE, "name", "first", NULL);
     GstElement *b = make_vlm("async", FALSE, "name", "second", "prompt", "What is this?", NULL);
-    GstElement *bin = gst_bin_new(NULL);
+    GstElement *bin = gst_object_ref_sink(gst_bin_new(NULL));
     GstCaps *ntp = gst_caps_new_empty_simple("timestamp/x-ntp");
     const guint64 ntp_unix_s = 2208988800u, when = 1796000000u; /* seconds since 1970 */
     GstVideoInfo info;
@@ -1542,6 +1542,7 @@ static void test_series_and_origin(void)
     gst_caps_unref(ntp);
     gst_object_unref(a);
     gst_object_unref(b);
+    gst_object_unref(bin);
 }
 
 /* async=false on a live source: the element answers the latency query with its processing
