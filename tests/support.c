@@ -1,5 +1,7 @@
 #include "support.h"
 
+#include <glib/gstdio.h>
+
 #include <math.h>
 #include <string.h>
 
@@ -163,4 +165,13 @@ char *test_golden_question(void)
     char *q = test_json_string(manifest, "question");
     g_free(manifest);
     return q;
+}
+
+void test_remove_temp_file(char *path)
+{
+    char *dir = g_path_get_dirname(path);
+    g_unlink(path);
+    g_rmdir(dir);
+    g_free(dir);
+    g_free(path);
 }

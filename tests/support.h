@@ -17,6 +17,8 @@ CobraModel *test_load_model(const char *outtype);
 CobraImage test_golden_image(Npy *a);
 /* The golden run's question (tiny/golden/manifest.json); g_free the result. */
 char *test_golden_question(void);
+/* Deletes a file made in a temporary directory of its own, and the directory; frees `path`. */
+void test_remove_temp_file(char *path);
 /* Load tests/data/<rel> (e.g. "tiny/golden/projected.npy"), failing the test if it is missing. */
 void test_load_npy(const char *rel, Npy *out);
 /* max |got - ref| / max |ref| */

@@ -454,7 +454,6 @@ static void test_cancel_from_thread(void)
 }
 
 static char *patched_model(const char *key, const void *value, size_t n);
-static void remove_model(char *path);
 
 /* The stop reason says which limit ended the answer. */
 static void test_stop_reason(void)
@@ -510,7 +509,7 @@ static void test_stop_reason(void)
     npy_free(&a);
     cobra_session_free(s);
     cobra_model_free(m);
-    remove_model(path);
+    test_remove_temp_file(path);
 }
 
 /* ---- damaged copies of the tiny model ---- */
@@ -543,15 +542,6 @@ static char *patched_model(const char *key, const void *value, size_t n)
     return path;
 }
 
-static void remove_model(char *path)
-{
-    char *dir = g_path_get_dirname(path);
-    g_unlink(path);
-    g_rmdir(dir);
-    g_free(dir);
-    g_free(path);
-}
-
 /* Loading the copy fails with a FORMAT error whose message holds every string in `expect`. */
 static void expect_load_error(char *path, const char *const *expect)
 {
@@ -564,7 +554,7 @@ static void expect_load_error(char *path, const char *const *expect)
         if (!strstr(err->message, *expect))
             g_test_fail_printf("'%s' does not mention '%s'", err->message, *expect);
     g_error_free(err);
-    remove_model(path);
+    test_remove_temp_file(path);
 }
 
 /* The template's own tokens (the prompt of an empty question, less its question) */
@@ -639,7 +629,7 @@ static void test_bad_metadata(void)
     npy_free(&a);
     cobra_session_free(s);
     cobra_model_free(m);
-    remove_model(path);
+    test_remove_temp_file(path);
     g_free(n_str);
 }
 
@@ -879,7 +869,7 @@ static void test_question_kept(void)
     cobra_session_free(s);
     cobra_session_free(fresh);
     cobra_model_free(m);
-    remove_model(path);
+    test_remove_temp_file(path);
 }
 
 /* cobra-cli: decodes the PNG with GStreamer, prints only the answer, dumps the intermediates. */

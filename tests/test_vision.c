@@ -402,15 +402,6 @@ static char *patched_model(const char *from, const char *to)
     return path;
 }
 
-static void remove_model(char *path)
-{
-    char *dir = g_path_get_dirname(path);
-    g_unlink(path);
-    g_rmdir(dir);
-    g_free(dir);
-    g_free(path);
-}
-
 /* Loading `tower` (or the projector when tower is NULL) from the patched model fails with an
  * error whose message contains `culprit`. */
 static void check_load_error(const char *from, const char *to, const char *tower,
@@ -443,7 +434,7 @@ static void check_load_error(const char *from, const char *to, const char *tower
     g_assert_nonnull(strstr(err->message, path));
     g_error_free(err);
     gguf_close(f);
-    remove_model(path);
+    test_remove_temp_file(path);
 }
 
 static void test_load_errors(void)
@@ -531,7 +522,7 @@ static void test_bad_head_count(void)
     g_assert_nonnull(strstr(err->message, key));
     g_error_free(err);
     gguf_close(f);
-    remove_model(path);
+    test_remove_temp_file(path);
     g_free(dir), g_free(bytes), g_free(src);
 }
 
