@@ -2,12 +2,14 @@
  *
  * Prefill runs chunk by chunk, and within a chunk layer by layer: every projection is one GEMM
  * over the chunk; the causal conv and the selective scan continue from the state the previous
- * chunk left, vectorised over channels with time as the serial loop. The recurrent step is the
- * same code with a chunk of one token, where matmul() takes its matrix-vector path. Nothing grows
- * with the number of positions.
+ * chunk left, vectorised over channels with time as the serial loop. The recurrent step (one
+ * token) runs the same kernels as matrix-vector products and one-token scans, scheduled as one
+ * parallel region per token (mamba_step). Nothing grows with the number of positions.
  */
 #include "mamba.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cobra.h"
@@ -165,6 +167,7 @@ struct MambaBuffers {
     float *dtl;   /* [chunk][r]   dt_low, contiguous for the dt_proj GEMM */
     float *dt;    /* [chunk][di]  dt_proj + bias (the scan takes the softplus) */
     float *y;     /* [chunk][di]  scan output, gated */
+    void *xin;    /* matvec_input_bytes(max cols): the input of a decoded token's product */
 };
 
 MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
@@ -183,6 +186,7 @@ MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
     b->dtl = g_new(float, n * r);
     b->dt = g_new(float, n * di);
     b->y = g_new(float, n * di);
+    b->xin = g_malloc(matvec_input_bytes(mamba_max_cols(m)));
     return b;
 }
 
@@ -200,6 +204,7 @@ void mamba_buffers_free(MambaBuffers *b)
     g_free(b->dtl);
     g_free(b->dt);
     g_free(b->y);
+    g_free(b->xin);
     g_free(b);
 }
 
@@ -211,10 +216,8 @@ void mamba_embed(const Mamba *m, const int32_t *ids, int n, float *out)
         mat_get_row(&m->embed, ids[i], out + (size_t)i * m->d_model);
 }
 
-/* Below this many multiply-adds a parallel region costs more than it saves; the larger one
- * when idle threads sleep keeps a decoded token's scan step (d_inner x d_state) on one thread. */
+/* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PARALLEL_MIN 65536
-#define PARALLEL_MIN_SLEEPING (1 << 18)
 
 static inline float fast_silu(float v)
 {
@@ -338,8 +341,7 @@ static void selective_scan(float *y, float *h, const float *x, const float *dt, 
                            const float *D, int n, int di, int ds)
 {
     const int n_blocks = (di + SCAN_BLOCK - 1) / SCAN_BLOCK;
-    const size_t min = ops_threads_sleep() ? PARALLEL_MIN_SLEEPING : PARALLEL_MIN;
-#pragma omp parallel for schedule(static) if ((size_t)n * di * ds >= min)
+#pragma omp parallel for schedule(static) if ((size_t)n * di * ds >= PARALLEL_MIN)
     for (int b = 0; b < n_blocks; b++) {
         const int c0 = b * SCAN_BLOCK;
         scan_block(y, h, x, dt, z, ldz, bc, ldbc, A, D, n, di, ds, c0, MIN(SCAN_BLOCK, di - c0));
@@ -367,6 +369,230 @@ static void layer_forward(const Mamba *m, const MambaLayer *l, float *conv, floa
     add(b->res, b->xn, (size_t)n * d);
 }
 
+/* ---- the recurrent step: one parallel region per token ----
+ *
+ * A decoded token is a dozen small products per layer. A parallel region for each costs ~2 us
+ * with spinning threads but ~110 us with sleeping ones (OMP_WAIT_POLICY=passive, measured on a
+ * 2-vCPU VM), and each region's closing barrier waits for every thread, also for one whose core
+ * another process has just taken. So a token is one region whose work is a list of chunks in
+ * order: per layer the norm, blocks of channels through in_proj and the conv, x_proj rows,
+ * blocks of channels through dt_proj and the scan, out_proj rows; then the head. Threads take
+ * the next chunk from a counter, and a chunk waits only until every chunk of the earlier phases
+ * is done: a late thread finds its share taken by the others, and nobody waits for a thread
+ * that holds no chunk. Each output is still computed by one call of the same code, so results
+ * do not depend on the thread count. */
+
+enum { PH_NORM, PH_IN_CONV, PH_PREP_XC, PH_X_PROJ, PH_PREP_DT, PH_SCAN, PH_PREP_Y, PH_OUT,
+       N_LAYER_PHASES };
+enum { PH_NORM_F, PH_HEAD, N_TAIL_PHASES };
+
+/* Chunks of a few us of weight streaming on one core (in_proj: 2 x 64 rows of 2560, out_proj 16
+ * rows of 5120, head 256 rows of 2560 at cobra+3b's shapes): 80 or more per large product, so
+ * that 16 threads share them evenly, while taking one (an atomic add) stays negligible. */
+#define STEP_CHANNELS 64
+#define STEP_ROWS 16
+#define STEP_HEAD_ROWS 256
+G_STATIC_ASSERT(STEP_CHANNELS % SCAN_BLOCK == 0);
+
+/* Below this many multiply-adds per token (~50 us of one core) one thread is as fast as a
+ * region (2-110 us): the demo model's tokens without the head. */
+#define STEP_PARALLEL_MIN (1 << 20)
+
+/* A waiting thread spins this many pauses (~30-100 us) for the microseconds a phase takes, then
+ * yields its core: a longer wait means another process holds the core it waits for. */
+#define STEP_SPINS 2000
+
+typedef struct {
+    const Mamba *m;
+    MambaState *s;
+    MambaBuffers *b;
+    float *normed, *logits;     /* norm_f output (hidden_out or scratch); logits or NULL */
+    const gint *cancel;
+    int layer_start[N_LAYER_PHASES + 1]; /* first chunk of each phase within a layer */
+    int tail_start[N_TAIL_PHASES + 1];
+    int n_chunks;
+    const void *xin;            /* the prepared input of the current phase's product */
+    atomic_int next, done, stop;
+} Step;
+
+static int ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
+
+static void starts_of(int *start, const int *count, int n)
+{
+    start[0] = 0;
+    for (int p = 0; p < n; p++)
+        start[p + 1] = start[p] + count[p];
+}
+
+/* The conv and SiLU of one new token for channels c0..c1-1, shifting it into their state. */
+static void conv_step(float *xc, float *conv, const float *x, const float *w, const float *b,
+                      int c0, int c1, int dc)
+{
+    for (int c = c0; c < c1; c++) {
+        float *st = conv + (size_t)c * dc;
+        const float *wc = w + (size_t)c * dc;
+        memmove(st, st + 1, (size_t)(dc - 1) * sizeof(float));
+        st[dc - 1] = x[c];
+        float v = b[c];
+        for (int k = 0; k < dc; k++)
+            v += wc[k] * st[k];
+        xc[c] = fast_silu(v);
+    }
+}
+
+static void layer_chunk(Step *st, int i, int phase, int j)
+{
+    const Mamba *m = st->m;
+    const MambaLayer *l = &m->layers[i];
+    MambaBuffers *b = st->b;
+    const int d = m->d_model, di = m->d_inner, ds = m->d_state, r = m->dt_rank;
+    const int nbc = r + 2 * ds;
+    float *conv = st->s->conv + (size_t)i * di * m->d_conv;
+    float *ssm = st->s->ssm + (size_t)i * di * ds;
+    const int c0 = j * STEP_CHANNELS, c1 = MIN(c0 + STEP_CHANNELS, di);
+    const int r0 = j * STEP_ROWS;
+
+    switch (phase) {
+    case PH_NORM:
+        rmsnorm(b->xn, b->res, l->norm, 1, d, m->eps);
+        st->xin = matvec_input(&l->in_proj, b->xn, b->xin);
+        break;
+    case PH_IN_CONV: /* the x rows of in_proj feed the conv, the z rows wait for the scan */
+        matvec_rows(b->xz, &l->in_proj, st->xin, c0, c1);
+        matvec_rows(b->xz, &l->in_proj, st->xin, di + c0, di + c1);
+        conv_step(b->xc, conv, b->xz, l->conv_w, l->conv_b, c0, c1, m->d_conv);
+        break;
+    case PH_PREP_XC:
+        st->xin = matvec_input(&l->x_proj, b->xc, b->xin);
+        break;
+    case PH_X_PROJ:
+        matvec_rows(b->dbc, &l->x_proj, st->xin, r0, MIN(r0 + STEP_ROWS, nbc));
+        break;
+    case PH_PREP_DT: /* dt_low is the first r values of dbc */
+        st->xin = matvec_input(&l->dt_proj, b->dbc, b->xin);
+        break;
+    case PH_SCAN:
+        matvec_rows(b->dt, &l->dt_proj, st->xin, c0, c1);
+        for (int c = c0; c < c1; c++)
+            b->dt[c] += l->dt_b[c];
+        for (int cb = c0; cb < c1; cb += SCAN_BLOCK)
+            scan_block(b->y, ssm, b->xc, b->dt, b->xz + di, 2 * (size_t)di, b->dbc + r, nbc, l->A,
+                       l->D, 1, di, ds, cb, MIN(SCAN_BLOCK, c1 - cb));
+        break;
+    case PH_PREP_Y:
+        st->xin = matvec_input(&l->out_proj, b->y, b->xin);
+        break;
+    case PH_OUT: {
+        const int r1 = MIN(r0 + STEP_ROWS, d);
+        matvec_rows(b->xn, &l->out_proj, st->xin, r0, r1);
+        for (int k = r0; k < r1; k++)
+            b->res[k] += b->xn[k];
+        break;
+    }
+    }
+}
+
+static void tail_chunk(Step *st, int phase, int j)
+{
+    const Mamba *m = st->m;
+    if (phase == PH_NORM_F) {
+        rmsnorm(st->normed, st->b->res, m->norm_f, 1, m->d_model, m->eps);
+        if (st->logits)
+            st->xin = matvec_input(&m->lm_head, st->normed, st->b->xin);
+    } else {
+        const int r0 = j * STEP_HEAD_ROWS;
+        matvec_rows(st->logits, &m->lm_head, st->xin, r0, MIN(r0 + STEP_HEAD_ROWS, m->n_vocab));
+    }
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Until every chunk before `first` is done; FALSE once the step is stopped. */
+static gboolean wait_done(Step *st, int first)
+{
+    for (int spins = 0; atomic_load_explicit(&st->done, memory_order_acquire) < first; spins++) {
+        if (atomic_load_explicit(&st->stop, memory_order_relaxed))
+            return FALSE;
+        if (spins < STEP_SPINS)
+            cpu_relax();
+        else
+            sched_yield();
+    }
+    return TRUE;
+}
+
+/* Take chunks until none is left: chunk g is (layer, phase, index) or one of the tail's. */
+static void step_worker(Step *st)
+{
+    const int per_layer = st->layer_start[N_LAYER_PHASES];
+    const int n_layer_chunks = st->m->n_layer * per_layer;
+    for (;;) {
+        const int g = atomic_fetch_add_explicit(&st->next, 1, memory_order_relaxed);
+        if (g >= st->n_chunks || atomic_load_explicit(&st->stop, memory_order_relaxed))
+            return;
+        const gboolean in_layer = g < n_layer_chunks;
+        const int *start = in_layer ? st->layer_start : st->tail_start;
+        const int base = in_layer ? g - g % per_layer : n_layer_chunks;
+        int phase = 0;
+        while (g - base >= start[phase + 1])
+            phase++;
+        if (!wait_done(st, base + start[phase]))
+            return;
+        if (in_layer && g == base && st->cancel && g_atomic_int_get(st->cancel)) {
+            atomic_store(&st->stop, 1);
+            return;
+        }
+        if (in_layer)
+            layer_chunk(st, g / per_layer, phase, g - base - start[phase]);
+        else
+            tail_chunk(st, phase, g - base - start[phase]);
+        atomic_fetch_add_explicit(&st->done, 1, memory_order_release);
+    }
+}
+
+/* The recurrent step: res (b->res) through every layer, then norm_f and the head. */
+static gboolean mamba_step(const Mamba *m, MambaState *s, MambaBuffers *b, float *hidden_out,
+                           float *logits, const gint *cancel)
+{
+    const int d = m->d_model, di = m->d_inner, nbc = m->dt_rank + 2 * m->d_state;
+    const int blocks = ceil_div(di, STEP_CHANNELS);
+    const int layer_count[N_LAYER_PHASES] = {
+        [PH_NORM] = 1, [PH_IN_CONV] = blocks, [PH_PREP_XC] = 1,
+        [PH_X_PROJ] = ceil_div(nbc, STEP_ROWS), [PH_PREP_DT] = 1, [PH_SCAN] = blocks,
+        [PH_PREP_Y] = 1, [PH_OUT] = ceil_div(d, STEP_ROWS),
+    };
+    const int tail_count[N_TAIL_PHASES] = {
+        [PH_NORM_F] = 1, [PH_HEAD] = logits ? ceil_div(m->n_vocab, STEP_HEAD_ROWS) : 0,
+    };
+    Step st = { .m = m, .s = s, .b = b, .logits = logits, .cancel = cancel,
+                .normed = hidden_out ? hidden_out : b->xn };
+    starts_of(st.layer_start, layer_count, N_LAYER_PHASES);
+    starts_of(st.tail_start, tail_count, N_TAIL_PHASES);
+    st.n_chunks = m->n_layer * st.layer_start[N_LAYER_PHASES] + st.tail_start[N_TAIL_PHASES];
+    atomic_init(&st.next, 0);
+    atomic_init(&st.done, 0);
+    atomic_init(&st.stop, 0);
+
+    const MambaLayer *l = &m->layers[0];
+    const size_t work = (size_t)m->n_layer *
+                            ((size_t)l->in_proj.rows * l->in_proj.cols +
+                             (size_t)l->x_proj.rows * l->x_proj.cols +
+                             (size_t)l->dt_proj.rows * l->dt_proj.cols +
+                             (size_t)l->out_proj.rows * l->out_proj.cols) +
+                        (logits ? (size_t)m->n_vocab * d : 0);
+#pragma omp parallel if (work >= STEP_PARALLEL_MIN)
+    step_worker(&st);
+    return !atomic_load(&st.stop);
+}
+
 gboolean mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, float *hidden_out,
                        float *logits, MambaBuffers *b, Workspace *ws, const gint *cancel)
 {
@@ -374,6 +600,10 @@ gboolean mamba_forward(const Mamba *m, MambaState *s, const float *x, int n, flo
     const size_t conv_layer = (size_t)m->d_inner * m->d_conv;
     const size_t ssm_layer = (size_t)m->d_inner * m->d_state;
 
+    if (n == 1) {
+        memcpy(b->res, x, (size_t)d * sizeof(float));
+        return mamba_step(m, s, b, hidden_out, logits, cancel);
+    }
     for (int t0 = 0; t0 < n; t0 += b->max_chunk) {
         const int nc = MIN(b->max_chunk, n - t0);
         const gboolean last = t0 + nc == n;

@@ -24,9 +24,6 @@
 #define TILE_MIN_ROWS 64
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define PARALLEL_MIN 32768
-/* The same for a matrix-vector product, in weights, when idle threads sleep (see
- * ops_threads_sleep): below 2 M weights (x_proj, dt_proj) one thread is then faster. */
-#define MATVEC_PARALLEL_MIN_SLEEPING (1 << 21)
 
 /* An activation block quantised for the int8 dots: float scale (the weights' is f16), and the
  * values' sum for Q4_0's offset of 8. */
@@ -695,31 +692,45 @@ TARGET_AVX512 static float dot_q4_0_avx512(const void *wv, const void *xv, int n
 }
 
 
-/* out[r] = W[r] · x, each row by one thread (so the result is the same for any count). Q4_0 and
- * Q8_0 multiply int8 by int8, so x is quantised first. Rows are handed out in chunks as threads
- * come free: when another process holds a core, the running thread takes over the late one's
- * rows instead of waiting at the barrier. */
+size_t matvec_input_bytes(int cols)
+{
+    const size_t nb = (size_t)cols / QK8_0;
+    return MAX(nb * sizeof(BlockQ8x) + 2 * nb * sizeof(float), (size_t)cols * sizeof(float));
+}
+
+/* Q4_0 and Q8_0 multiply int8 by int8, so x is quantised: the row's nb blocks, then their d
+ * and d Σx as float arrays, for dots that take 8 blocks' scales in one load. */
+const void *matvec_input(const Mat *W, const float *x, void *buf)
+{
+    if (!type_kernels_of(W->type)->int8)
+        return x;
+    const int nb = W->cols / QK8_0;
+    BlockQ8x *xq = buf;
+    float *xd = (float *)(xq + nb);
+    quantize_row(x, xq, W->cols, 0);
+    for (int b = 0; b < nb; b++) {
+        xd[b] = xq[b].d;
+        xd[nb + b] = xq[b].d * (float)xq[b].sum;
+    }
+    return xq;
+}
+
+void matvec_rows(float *out, const Mat *W, const void *xin, int r0, int r1)
+{
+    const DotFn dot = type_kernels_of(W->type)->dot[cpu_isa()];
+    for (int r = r0; r < r1; r++)
+        out[r] = dot(mat_row(W, r), xin, W->cols);
+}
+
+/* out[r] = W[r] · x, each row by one thread (so the result is the same for any count). Rows
+ * are handed out in chunks as threads come free: when another process holds a core, the
+ * running thread takes over the late one's rows instead of waiting at the barrier. */
 static void matvec(float *out, const float *x, const Mat *W, Workspace *ws)
 {
-    DotFn dot = type_kernels_of(W->type)->dot[cpu_isa()];
-    const void *xv = x;
-    if (type_kernels_of(W->type)->int8) {
-        /* The row's nb blocks, then their d and d Σx as float arrays, for dots that take 8
-         * blocks' scales in one load. */
-        const int nb = W->cols / QK8_0;
-        BlockQ8x *xq = ws->xq;
-        float *xd = (float *)(xq + nb);
-        quantize_row(x, xq, W->cols, 0);
-        for (int b = 0; b < nb; b++) {
-            xd[b] = xq[b].d;
-            xd[nb + b] = xq[b].d * (float)xq[b].sum;
-        }
-        xv = xq;
-    }
-    const size_t min = ops_threads_sleep() ? MATVEC_PARALLEL_MIN_SLEEPING : PARALLEL_MIN;
-#pragma omp parallel for schedule(dynamic, 32) if ((size_t)W->rows * W->cols >= min)
-    for (int r = 0; r < W->rows; r++)
-        out[r] = dot(mat_row(W, r), xv, W->cols);
+    const void *xin = matvec_input(W, x, ws->xq);
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)W->rows * W->cols >= PARALLEL_MIN)
+    for (int r0 = 0; r0 < W->rows; r0 += 32)
+        matvec_rows(out, W, xin, r0, MIN(r0 + 32, W->rows));
 }
 
 /* ---- int8 GEMM: Q4_0/Q8_0 weights x Q8_0-quantised activations (n > 1) -----------------------
@@ -1297,20 +1308,4 @@ void add_scaled_rows(float *x, const float *y, const float *gamma, int n, int di
 int ops_threads(void)
 {
     return omp_get_max_threads();
-}
-
-/* Decoding a token opens a parallel region per product per layer. One costs ~2 us with
- * libgomp's default spinning threads and ~110 us with OMP_WAIT_POLICY=passive (sleeping
- * threads, measured on this project's 2-vCPU VM), which is what shared machines need. libgomp
- * reads the variable once at start-up; so does this. */
-gboolean ops_threads_sleep(void)
-{
-    static gsize once = 0;
-    static gboolean sleep;
-    if (g_once_init_enter(&once)) {
-        const char *policy = g_getenv("OMP_WAIT_POLICY");
-        sleep = policy && g_ascii_strcasecmp(policy, "passive") == 0;
-        g_once_init_leave(&once, 1);
-    }
-    return sleep;
 }

@@ -62,6 +62,13 @@ void workspace_free(Workspace *ws);
  * weights x is quantised to Q8_0 (per 32 values, scale max|x| / 127) first, as ggml does. */
 void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, Workspace *ws);
 
+/* Matrix-vector products split by the caller (a decoded token's own scheduling, mamba.c): x
+ * prepared once for W's type into buf (matvec_input_bytes(W.cols); quantised for Q4_0 and Q8_0,
+ * x itself otherwise), then out[r] = W[r] · x for r0 <= r < r1, as matmul computes them. */
+size_t matvec_input_bytes(int cols);
+const void *matvec_input(const Mat *W, const float *x, void *buf);
+void matvec_rows(float *out, const Mat *W, const void *xin, int r0, int r1);
+
 /* Row r of W as floats. */
 void mat_get_row(const Mat *W, int r, float *out);
 
@@ -124,8 +131,5 @@ uint16_t fp32_to_fp16(float f);
 
 /* Number of threads parallel regions will use in this thread. */
 int ops_threads(void);
-/* TRUE when idle OpenMP threads sleep (OMP_WAIT_POLICY=passive): a parallel region then costs
- * ~50x more, so the small work of a decoded token stays on one thread. */
-gboolean ops_threads_sleep(void);
 
 #endif
