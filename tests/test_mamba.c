@@ -2,6 +2,7 @@
  * (tests/data/tiny/golden): prefill in one chunk, in small chunks and token by token, greedy
  * decoding through the recurrent step, state snapshots, quantised weights and load errors. */
 #include <glib/gstdio.h>
+#include <omp.h>
 #include <string.h>
 
 #include "cobra.h"
@@ -213,9 +214,13 @@ static void test_multimodal_stepwise(void)
     check_multimodal(8, TRUE);
 }
 
-/* Greedy decoding through the recurrent step from the prompt state. */
-static void test_greedy(void)
+/* Greedy decoding through the recurrent step from the prompt state, with `threads` OpenMP
+ * threads: a token's chunks are shared among whichever threads come (3 on a 2-core machine
+ * leaves one late), and every count must give the reference's tokens. */
+static void check_greedy(int threads)
 {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
     Lm lm;
     lm_open(&lm, "f32", 16);
     const int d = lm.m.d_model, V = lm.m.n_vocab;
@@ -259,6 +264,22 @@ static void test_greedy(void)
     npy_free(&top_ids);
     npy_free(&top_logits);
     lm_close(&lm);
+    omp_set_num_threads(saved);
+}
+
+static void test_greedy(void)
+{
+    check_greedy(omp_get_num_procs());
+}
+
+static void test_greedy_one_thread(void)
+{
+    check_greedy(1);
+}
+
+static void test_greedy_more_threads_than_cores(void)
+{
+    check_greedy(omp_get_num_procs() + 1);
 }
 
 /* A set cancel flag stops the forward before its first layer: FALSE, no logits written, the
@@ -440,6 +461,8 @@ int main(int argc, char **argv)
     g_test_add_func("/mamba/multimodal-chunked", test_multimodal_chunked);
     g_test_add_func("/mamba/multimodal-stepwise", test_multimodal_stepwise);
     g_test_add_func("/mamba/greedy", test_greedy);
+    g_test_add_func("/mamba/greedy-one-thread", test_greedy_one_thread);
+    g_test_add_func("/mamba/greedy-more-threads-than-cores", test_greedy_more_threads_than_cores);
     g_test_add_func("/mamba/snapshot", test_snapshot);
     g_test_add_func("/mamba/cancel-flag", test_cancel_flag);
     g_test_add_func("/mamba/f16", test_f16);
