@@ -16,6 +16,9 @@ import gguf_io  # noqa: E402
 
 LM_TENSORS = ("token_embd.", "output", "blk.")
 LM_KEYS = ("mamba.", "tokenizer.", "general.")
+# llama.cpp counts the vocabulary by these arrays and wants as many embedding rows; GPT-NeoX's
+# added tokens past the 50,280 rows (docs/model-format.md) are left out.
+PER_TOKEN_KEYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
 class RawTensor:
@@ -42,10 +45,13 @@ def main(argv=None):
     if src.kv.get("general.architecture") != "cobra":
         sys.exit(f"{args.input}: general.architecture is not cobra")
     w = RawWriter(alignment=src.alignment)
+    n_vocab = src.kv["mamba.vocab_size"]
     for key, value in src.kv.items():
         if not key.startswith(LM_KEYS) or key == "general.architecture":
             continue
         vtype, elem = src.kv_types[key]
+        if key in PER_TOKEN_KEYS:
+            value = value[:n_vocab]
         w.add(key, vtype, (elem, value) if vtype == gguf_io.T_ARRAY else value)
     w.add_string("general.architecture", "mamba")
     for name, info in src.tensors.items():
