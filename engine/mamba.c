@@ -412,7 +412,10 @@ typedef struct {
     int tail_start[N_TAIL_PHASES + 1];
     int n_chunks;
     const void *xin;            /* the prepared input of the current phase's product */
-    atomic_int next, done, stop;
+    /* Taking a chunk and polling for finished ones hit different cache lines. */
+    _Alignas(64) atomic_int next;
+    _Alignas(64) atomic_int done;
+    atomic_int stop;
 } Step;
 
 static int ceil_div(int a, int b)
