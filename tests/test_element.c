@@ -168,14 +168,6 @@ static char *engine_answer(CobraModel *model, const GstVideoInfo *info, GstBuffe
     return answer;
 }
 
-static CobraModel *load_model(void)
-{
-    GError *err = NULL;
-    CobraModel *m = cobra_model_load(model_file, &err);
-    g_assert_no_error(err);
-    return m;
-}
-
 /* The CobraCaptionMeta structure of a buffer, or NULL. */
 static const GstStructure *caption(GstBuffer *buf)
 {
@@ -335,7 +327,7 @@ static void test_golden(void)
     char *manifest = test_read_text("tiny/golden/manifest.json");
     char *question = test_json_string(manifest, "question");
     char *golden = test_json_string(manifest, "generated_text");
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstVideoInfo info;
     Npy img, ids;
     Rig r;
@@ -389,7 +381,7 @@ static void test_engine_frames_and_caps(void)
         {GST_VIDEO_FORMAT_I420, 64, 48, CARD_CHECKER, "bt709"},
         {GST_VIDEO_FORMAT_NV12, 64, 48, CARD_RAMP, "1:4:0:0"}, /* BT.601 full range (JPEG) */
     };
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, NULL);
     char *answers[G_N_ELEMENTS(steps)];
     GstVideoInfo info;
@@ -579,7 +571,7 @@ static void test_properties(void)
  * the same settings, and differs from the greedy one. */
 static void test_sampling(void)
 {
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstElement *vlm = make_vlm("async", FALSE, "temperature", 1.5f, "top-k", 200, "top-p", 0.95f,
                                "seed", (guint64)7, NULL);
     CobraParams params;
@@ -782,7 +774,7 @@ static void test_three_outputs(void)
 /* A new prompt applies from the next sampled frame; `ask` adds one answer with its id. */
 static void test_prompt_and_ask(void)
 {
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstElement *vlm = make_vlm("async", FALSE, "prompt", "What is this?", NULL);
     GstVideoInfo info;
     GstStructure *s;
@@ -847,7 +839,7 @@ static void test_prompt_and_ask(void)
  * is measured against. */
 static gint64 long_generation_us(void)
 {
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     CobraSession *s = cobra_session_new(model, N_THREADS, NULL);
     GstVideoInfo info;
     CobraTimings timings;
@@ -1219,7 +1211,7 @@ static void test_caps_churn(void)
         {GST_VIDEO_FORMAT_I420, 64, 48}, {GST_VIDEO_FORMAT_RGB, 30, 20},
         {GST_VIDEO_FORMAT_NV12, 96, 54}, {GST_VIDEO_FORMAT_BGRx, 17, 41},
     };
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstElement *vlm = make_vlm("interval", (guint64)0, NULL);
     GHashTable *sent = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
                                              (GDestroyNotify)sent_frame_free);
@@ -1683,7 +1675,7 @@ static void test_stalled_text(void)
  * label lists are refused with a warning, labels the model cannot take warn once. */
 static void test_labels(void)
 {
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     static const char *labels[] = {"yes", "no", "maybe"};
     GstElement *vlm = make_vlm("async", FALSE, "interval", (guint64)0, "labels", "yes, no ,maybe",
                                NULL);
@@ -1800,7 +1792,7 @@ static char *crop_answer(CobraModel *model, const GstVideoInfo *info, GstBuffer 
  * skipped and counted, types filtered; a frame without regions is not analysed. */
 static void test_regions(void)
 {
-    CobraModel *model = load_model();
+    CobraModel *model = test_load_model("f32");
     GstElement *vlm = make_vlm("async", FALSE, "roi-mode", TRUE, "roi-types", "car, person", NULL);
     GstVideoInfo info;
     Rig r;
