@@ -1050,11 +1050,11 @@ TARGET_AVX512 static void panel_avx512(const uint8_t *panel, int nb, const Block
  * unflipped) by a B tile (the block of a 16-row panel, already in AMX's layout of 4-byte groups)
  * into a 16 x 16 int32 C tile. Every block's sums need their own float scale, and only memory
  * connects tiles and vectors, so each block's C tile is stored and AVX-512 scales it into 16
- * accumulators. Products are two tiles deep and a stored C tile is scaled AMX_LAG blocks later,
- * so that neither the tile unit nor the vector loads wait on the store just issued. On a 16-core
- * Xeon (family 6 model 207) at 16 threads, matmul-bench's Q8_0 GEMMs but the tiny ssm_x: 3.5-4.9
- * TFLOP/s; 3.5-4.7 with a lag of 2; 2.6-4.0 for 2 x 2 tiles per block with the accumulators in
- * memory; 2.6-3.6 for the AVX-512 VNNI kernel. */
+ * accumulators. Products alternate between two sets of tiles and a stored C tile is scaled
+ * AMX_LAG blocks later, so that tile and vector work can overlap. On a 16-core Xeon (family 6
+ * model 207) at 16 threads, matmul-bench's Q8_0 GEMMs but the tiny ssm_x: 3.5-4.9 TFLOP/s; 3.5-4.7
+ * with a lag of 2; 3.5-4.5 scaling each tile right after its store; 2.6-4.0 for 2 x 2 tiles per
+ * block with the accumulators in memory; 2.6-3.6 for the AVX-512 VNNI kernel. */
 #define AMX_LAG 4
 
 #define TARGET_AMX                                                                               \
