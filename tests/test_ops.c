@@ -317,7 +317,8 @@ static void test_matmul_type(gconstpointer data)
 
 /* The same checks in a child process with `env_var` set (the kernel choice is made once per
  * process): COBRA_NO_SIMD switches to the portable C, COBRA_NO_AVX512 to AVX-VNNI or AVX2 on an
- * AVX-512 machine (elsewhere it changes nothing). */
+ * AVX-512 machine, COBRA_NO_AMX to the AVX-512 VNNI GEMM on an AMX machine (elsewhere they
+ * change nothing). */
 static void test_matmul_narrower(gconstpointer data)
 {
     const char *env_var = data;
@@ -607,6 +608,7 @@ int main(int argc, char **argv)
     g_test_add_data_func("/ops/matmul/q4_0", GINT_TO_POINTER(GGML_TYPE_Q4_0), test_matmul_type);
     g_test_add_data_func("/ops/matmul/portable", "COBRA_NO_SIMD", test_matmul_narrower);
     g_test_add_data_func("/ops/matmul/no-avx512", "COBRA_NO_AVX512", test_matmul_narrower);
+    g_test_add_data_func("/ops/matmul/no-amx", "COBRA_NO_AMX", test_matmul_narrower);
     g_test_add_func("/ops/matmul/workspace-grows", test_workspace_grows);
     g_test_add_func("/ops/mat-rows", test_mat_rows);
     g_test_add_func("/ops/norms", test_norms);
