@@ -143,14 +143,25 @@ static int panel_width(const Kernels *kn, int left)
     return left > kn->vec ? kn->vec * kn->nv : kn->vec;
 }
 
-/* Columns j0 .. j0+w of B[K][n] (element [k][j] at b[k sk + j sj]) as one panel, panel[k][c],
- * zeros past column n. Panel j0 starts at j0 * K in a packed B. */
-static void pack_panel(float *panel, const float *b, size_t sk, size_t sj, int K, int n, int j0,
-                       int w)
+/* A packed B is its panels one after the other: the panel of columns j0 .. j0+w is
+ * panel[k][c] = B[k][j0 + c] for k < K, zeros past B's last column, and starts at j0 * K. */
+
+/* The panel of kᵀ (K = hd) for tokens j0 .. j0+w, from k's rows (ldk apart, n of them). */
+static void pack_kt_panel(float *panel, const float *k, size_t ldk, int hd, int n, int j0, int w)
 {
-    for (int k = 0; k < K; k++)
-        for (int c = 0; c < w; c++)
-            panel[(size_t)k * w + c] = j0 + c < n ? b[k * sk + (size_t)(j0 + c) * sj] : 0.0f;
+    for (int c = 0; c < w; c++)
+        for (int d = 0; d < hd; d++)
+            panel[(size_t)d * w + c] = j0 + c < n ? k[(size_t)(j0 + c) * ldk + d] : 0.0f;
+}
+
+/* The panel of v (K = T rows, ldv apart, of n columns) for columns j0 .. j0+w: row copies. */
+static void pack_v_panel(float *panel, const float *v, size_t ldv, int T, int n, int j0, int w)
+{
+    const int valid = MIN(w, n - j0);
+    for (int t = 0; t < T; t++) {
+        memcpy(panel + (size_t)t * w, v + t * ldv + j0, valid * sizeof(float));
+        memset(panel + (size_t)t * w + valid, 0, (w - valid) * sizeof(float));
+    }
 }
 
 /* Floats of one head's packed kᵀ ([hd][T] in panels) and v ([T][hd] in panels). */
@@ -234,13 +245,12 @@ void attention(float *out, int ldo, const float *qkv, int T, int n_heads, int hd
     for (int h = 0; h < n_heads; h++) {
         float *kt = packed + (size_t)h * packed_head_floats(T, hd);
         float *v = kt + packed_kt_floats(T, hd);
-        /* kᵀ: [k][j] = row j's element k; v: [k][j] = row k's element j */
         for (int j0 = 0; j0 < T; j0 += NR)
-            pack_panel(kt + (size_t)j0 * hd, qkv + C + h * hd, 1, 3 * (size_t)C, hd, T, j0,
-                       panel_width(kn, T - j0));
+            pack_kt_panel(kt + (size_t)j0 * hd, qkv + C + h * hd, 3 * (size_t)C, hd, T, j0,
+                          panel_width(kn, T - j0));
         for (int j0 = 0; j0 < hd; j0 += NR)
-            pack_panel(v + (size_t)j0 * T, qkv + 2 * C + h * hd, 3 * (size_t)C, 1, T, hd, j0,
-                       panel_width(kn, hd - j0));
+            pack_v_panel(v + (size_t)j0 * T, qkv + 2 * C + h * hd, 3 * (size_t)C, T, hd, j0,
+                         panel_width(kn, hd - j0));
     }
 
     const int MB = TILES_PER_BLOCK * kn->mr, n_blocks = (T + MB - 1) / MB;
