@@ -116,6 +116,8 @@ static void tile_c(const float *a, int lda, const float *b, int K, float alpha, 
     for (int k = 0; k < K; k++)
         for (int r = 0; r < MR_C; r++) {
             const float ar = a[(size_t)r * lda + k];
+            /* across the columns: left to itself GCC vectorised along k, with shuffles */
+#pragma omp simd
             for (int n = 0; n < VEC_C; n++)
                 acc[r][n] += ar * b[(size_t)k * VEC_C + n];
         }
