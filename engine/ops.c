@@ -95,11 +95,6 @@ uint16_t fp32_to_fp16(float f)
 
 /* ---- CPU features ----------------------------------------------------------------------------- */
 
-/* In order of preference; AVX-VNNI is vpdpbusd on 256-bit vectors without AVX-512 (Intel since
- * Alder Lake); AMX is AVX-512 plus Intel's tile unit (Xeons since Sapphire Rapids), which only
- * the int8 GEMM uses. */
-typedef enum { ISA_C, ISA_AVX2, ISA_AVX_VNNI, ISA_AVX512, ISA_AMX } Isa;
-
 /* Asked of CPUID directly: clang 14's __builtin_cpu_supports knows neither "f16c" nor
  * "avxvnni". */
 static gboolean cpu_has_f16c(void)
@@ -129,7 +124,7 @@ static gboolean cpu_has_amx_int8(void)
 #endif
 }
 
-static Isa cpu_isa(void)
+Isa cpu_isa(void)
 {
     static gsize once = 0;
     static Isa isa;
@@ -423,8 +418,6 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v)
 #define LOAD_F16_512(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define AS_FLOAT(v) (v)
 
-#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define TARGET_AVX_VNNI __attribute__((target("avxvnni,avx2,fma,f16c")))
 
 TARGET_AVX2 static float dot_f32_avx2(const void *wv, const void *xv, int n)

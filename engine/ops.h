@@ -86,6 +86,18 @@ void add_scaled_rows(float *x, const float *y, const float *gamma, int n, int di
 
 static inline float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
+/* The instruction sets kernels are written for, in order of preference; AVX-VNNI is vpdpbusd on
+ * 256-bit vectors without AVX-512 (Intel since Alder Lake); AMX is AVX-512 plus Intel's tile
+ * unit (Xeons since Sapphire Rapids), which only the int8 GEMM uses. */
+typedef enum { ISA_C, ISA_AVX2, ISA_AVX_VNNI, ISA_AVX512, ISA_AMX } Isa;
+/* The best this CPU has (ISA_AVX512 means AVX-512 F, BW, VL and VNNI; ISA_AVX2 includes FMA and
+ * F16C), decided once; COBRA_NO_AMX=1, COBRA_NO_AVX512=1 and COBRA_NO_SIMD=1 step down to
+ * narrower paths. */
+Isa cpu_isa(void);
+/* What a kernel for each Isa is compiled with. */
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
 /* Loops over fast_expf are built for the common x86-64 levels, one picked at load time: the
  * default target has only SSE2. */
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -2,10 +2,10 @@
  * up to the feature block. Every size comes from the model file. */
 #include "vit.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
+#include "attention.h"
 #include "cobra.h"
 
 struct VitBuffers {
@@ -14,7 +14,7 @@ struct VitBuffers {
     float *xn;     /* [T][C] normed input / sub-layer output */
     float *qkv;    /* [T][3C] */
     float *att;    /* [T][C] attention output, heads side by side */
-    float *scores; /* [T][T] one head's attention weights */
+    float *packed; /* every head's k and v packed for attention() */
     float *hidden; /* [T][F] MLP hidden */
 };
 
@@ -230,7 +230,7 @@ VitBuffers *vit_buffers_new(const Vit *vit)
     b->xn = g_new(float, T * C);
     b->qkv = g_new(float, T * 3 * C);
     b->att = g_new(float, T * C);
-    b->scores = g_new(float, T * T);
+    b->packed = g_new(float, attention_packed_floats(T, vit->n_heads, vit->head_dim));
     b->hidden = g_new(float, T * vit->ffn_dim);
     return b;
 }
@@ -244,7 +244,7 @@ void vit_buffers_free(VitBuffers *b)
     g_free(b->xn);
     g_free(b->qkv);
     g_free(b->att);
-    g_free(b->scores);
+    g_free(b->packed);
     g_free(b->hidden);
     g_free(b);
 }
@@ -290,24 +290,6 @@ static void embed(const Vit *vit, const float *pixels, VitBuffers *b, Workspace 
         memcpy(row, vit->reg, (size_t)(vit->n_prefix - (vit->cls ? 1 : 0)) * C * sizeof(float));
 }
 
-/* att = concat over heads of softmax(q kᵀ / sqrt(head_dim)) v, reading each head's q, k, v as a
- * strided slice of qkv. */
-static void attention(const Vit *vit, const float *qkv, float *att, float *scores)
-{
-    const int T = vit_tokens(vit), C = vit->dim, hd = vit->head_dim;
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int h = 0; h < vit->n_heads; h++) {
-        const float *q = qkv + h * hd, *k = qkv + C + h * hd, *v = qkv + 2 * C + h * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, 3 * C, k, 3 * C,
-                    0.0f, scores, T);
-#pragma omp parallel for
-        for (int t = 0; t < T; t++)
-            softmax(scores + (size_t)t * T, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, scores, T, v, 3 * C,
-                    0.0f, att + h * hd, C);
-    }
-}
-
 /* x += gamma * y, or x += y without LayerScale. */
 static void residual(float *x, const float *y, const float *gamma, int n, int dim)
 {
@@ -322,7 +304,9 @@ static void block_forward(const Vit *vit, const VitBlock *blk, VitBuffers *b, Wo
     const int T = vit_tokens(vit), C = vit->dim;
     layernorm(b->xn, b->x, blk->ln1_w, blk->ln1_b, T, C, vit->eps);
     matmul(b->qkv, b->xn, T, &blk->qkv, blk->qkv_b, ws);
-    attention(vit, b->qkv, b->att, b->scores);
+    /* att = concat over heads of softmax(q kᵀ / sqrt(head_dim)) v */
+    attention(b->att, C, b->qkv, T, vit->n_heads, vit->head_dim, 1.0f / sqrtf((float)vit->head_dim),
+              b->packed);
     matmul(b->xn, b->att, T, &blk->attn_out, blk->attn_out_b, ws);
     residual(b->x, b->xn, blk->ls1, T, C);
 

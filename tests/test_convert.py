@@ -99,18 +99,29 @@ def tower_params(m):
             "ls": m.get("init_values") is not None, "feature_layer": m["take_block"]}
 
 
-def expected_tensors(man, src):
+def stored_mlp_width(F, outtype):
+    """docs/model-format.md: q8_0 and q4_0 files pad a tower's MLP width up to a multiple of 32."""
+    return F if outtype in ("f32", "f16") else (F + 31) // 32 * 32
+
+
+def expected_tensors(man, src, outtype):
     """name -> (numpy shape, is matrix, float values, relative tolerance) per
-    docs/model-format.md; only the resampled position embedding is not an exact copy."""
+    docs/model-format.md; only the resampled position embedding is not an exact copy, and the
+    MLP's padding (stored_mlp_width) holds zeros."""
     G = man["image_size"] // man["patch_size"]
     out = {}
 
     def put(name, values, shape, matrix=False, rel_tol=0.0):
         out[name] = (tuple(shape), matrix, np.asarray(values).reshape(shape), rel_tol)
 
+    def put_padded(name, values, shape, matrix):
+        values = np.asarray(values)
+        put(name, np.pad(values, [(0, n - m) for n, m in zip(shape, values.shape)]), shape, matrix)
+
     for t in ("dino", "siglip"):
         p, w = tower_params(man[t]), src[t]
         C, F = p["C"], p["F"]
+        Fs = stored_mlp_width(F, outtype)
         put(f"{t}.patch_embd.weight", w["patch_embed.proj.weight"], (C, 3 * man["patch_size"] ** 2))
         put(f"{t}.patch_embd.bias", w["patch_embed.proj.bias"], (C,))
         if t == "dino":   # resampled by timm at load time; the reference's float32 result
@@ -131,11 +142,11 @@ def expected_tensors(man, src):
                     ("attn_out.weight", "attn.proj.weight", (C, C), True),
                     ("attn_out.bias", "attn.proj.bias", (C,), False),
                     ("ln2.weight", "norm2.weight", (C,), False), ("ln2.bias", "norm2.bias", (C,), False),
-                    ("ffn_up.weight", "mlp.fc1.weight", (F, C), True),
-                    ("ffn_up.bias", "mlp.fc1.bias", (F,), False),
-                    ("ffn_down.weight", "mlp.fc2.weight", (C, F), True),
+                    ("ffn_up.weight", "mlp.fc1.weight", (Fs, C), True),
+                    ("ffn_up.bias", "mlp.fc1.bias", (Fs,), False),
+                    ("ffn_down.weight", "mlp.fc2.weight", (C, Fs), True),
                     ("ffn_down.bias", "mlp.fc2.bias", (C,), False)]:
-                put(d + name, w[b + key], shape, matrix)
+                put_padded(d + name, w[b + key], shape, matrix)
             if p["ls"]:
                 put(d + "ls1.weight", w[b + "ls1.gamma"], (C,))
                 put(d + "ls2.weight", w[b + "ls2.gamma"], (C,))
@@ -209,7 +220,7 @@ def expected_metadata(man, outtype):
         p, k = tower_params(man[t]), f"clip.{t}."
         kv.update({
             k + "embedding_length": ((U32, None), p["C"]),
-            k + "feed_forward_length": ((U32, None), p["F"]),
+            k + "feed_forward_length": ((U32, None), stored_mlp_width(p["F"], outtype)),
             k + "attention.head_count": ((U32, None), p["heads"]),
             k + "attention.layer_norm_epsilon": ((F32V, None), float(np.float32(1e-6))),
             k + "block_count": ((U32, None), p["depth"]),
@@ -477,17 +488,44 @@ def with_llm(src, llm):
 # ---------------------------------------------------------------------------------------------
 
 def test_outputs(models, tmp, man, src, expected):
+    """expected: expected_tensors per outtype."""
     readers = {}
     for outtype in OUTTYPES:
         readers[outtype] = check_file(f"open_clip {outtype}", models / f"tiny-{outtype}.gguf",
-                                      outtype, man, expected)
+                                      outtype, man, expected[outtype])
     for outtype in OUTTYPES:
         out = tmp / f"timm-{outtype}.gguf"
         rc, err = convert(out, siglip=TINY / "siglip-timm", outtype=outtype)
         if check(f"timm SigLIP packaging converts ({outtype})", rc == 0, err.strip()):
-            r = check_file(f"timm {outtype}", out, outtype, man, expected)
+            r = check_file(f"timm {outtype}", out, outtype, man, expected[outtype])
             diff = same_tensors(r, readers[outtype])
             check(f"both SigLIP packagings give identical tensors ({outtype})", not diff, str(diff[:5]))
+
+
+def test_mlp_padding(models, man):
+    """A tower MLP width that is not a multiple of 32 is padded in q8_0/q4_0 files, so that
+    ffn_down is Q8_0 (not F16), and left as it is in f32/f16 files."""
+    odd = [t for t in ("dino", "siglip") if tower_params(man[t])["F"] % 32]
+    if not check("a fixture tower has an MLP width that is not a multiple of 32", odd):
+        return
+    for outtype in OUTTYPES:
+        r = gguf_io.GGUFReader(models / f"tiny-{outtype}.gguf")
+        for t in odd:
+            F = tower_params(man[t])["F"]
+            Fs = r.kv[f"clip.{t}.feed_forward_length"]
+            down = r.tensors[f"{t}.blk.0.ffn_down.weight"]
+            if outtype in ("f32", "f16"):
+                check(f"{outtype}: {t} MLP width {F} kept", Fs == F and down.ne[0] == F,
+                      f"key {Fs}, ffn_down ne {list(down.ne)}")
+                continue
+            check(f"{outtype}: {t} MLP width {F} padded to a multiple of 32, ffn_down Q8_0",
+                  Fs % 32 == 0 and F < Fs < F + 32 and down.ne[0] == Fs
+                  and down.type == gguf_io.Q8_0,
+                  f"key {Fs}, ffn_down ne {list(down.ne)} type {down.type}")
+            up, bias = r.tensors[f"{t}.blk.0.ffn_up.weight"], r.tensors[f"{t}.blk.0.ffn_up.bias"]
+            check(f"{outtype}: {t} padded hidden units are zero in fc1, its bias and fc2",
+                  not up.numpy()[F:].any() and not bias.numpy()[F:].any()
+                  and not down.numpy()[:, F:].any())
 
 
 def test_sources_agree(src):
@@ -693,7 +731,7 @@ class _Evil:
 def main():
     man = json.loads((TINY / "golden/manifest.json").read_text())
     src = load_sources()
-    expected = expected_tensors(man, src)
+    expected = {outtype: expected_tensors(man, src, outtype) for outtype in OUTTYPES}
     with tempfile.TemporaryDirectory(prefix="test-convert-") as t:
         tmp = Path(t)
         models = Path(os.environ["COBRA_TEST_MODELS"]) if "COBRA_TEST_MODELS" in os.environ else tmp
@@ -701,6 +739,7 @@ def main():
             for outtype in OUTTYPES:
                 convert(models / f"tiny-{outtype}.gguf", outtype=outtype)
         guarded("outputs", test_outputs, models, tmp, man, src, expected)
+        guarded("MLP padding", test_mlp_padding, models, man)
         guarded("source readers", test_sources_agree, src)
         guarded("resampler", test_resampler)
         guarded("quantizer", test_quantizer)

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "attention.h"
 #include "ops.h"
 #include "support.h"
 
@@ -315,13 +316,21 @@ static void test_matmul_type(gconstpointer data)
     run_matmul_case(type, 1, 64, 4, TRUE);
 }
 
-/* The same checks in a child process with `env_var` set (the kernel choice is made once per
- * process): COBRA_NO_SIMD switches to the portable C, COBRA_NO_AVX512 to AVX-VNNI or AVX2 on an
- * AVX-512 machine, COBRA_NO_AMX to the AVX-512 VNNI GEMM on an AMX machine (elsewhere they
- * change nothing). */
+/* Runs the calling test again in a child process with `env_var` set (the kernel choice is made
+ * once per process): COBRA_NO_SIMD switches to the portable C, COBRA_NO_AVX512 to AVX-VNNI or
+ * AVX2 on an AVX-512 machine, COBRA_NO_AMX to the AVX-512 VNNI GEMM on an AMX machine (elsewhere
+ * they change nothing). */
+static void run_in_child_with(const char *env_var)
+{
+    g_setenv(env_var, "1", TRUE);
+    g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
+    g_unsetenv(env_var);
+    g_test_trap_assert_passed();
+}
+
+/* The matmul checks on the narrower kernels. */
 static void test_matmul_narrower(gconstpointer data)
 {
-    const char *env_var = data;
     if (g_test_subprocess()) {
         for (int t = 0; t < 4; t++) {
             GgmlType type = (GgmlType[]){ GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_Q8_0,
@@ -333,10 +342,7 @@ static void test_matmul_narrower(gconstpointer data)
         run_matmul_case(GGML_TYPE_Q4_0, 45, 160, 13, TRUE);
         return;
     }
-    g_setenv(env_var, "1", TRUE);
-    g_test_trap_subprocess(NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
-    g_unsetenv(env_var);
-    g_test_trap_assert_passed();
+    run_in_child_with(data);
 }
 
 static void test_workspace_grows(void)
@@ -512,6 +518,89 @@ static void test_softmax(void)
     }
 }
 
+/* attention() against softmax(scale q kᵀ) v in float64, head by head, with T tokens of n_heads
+ * heads of hd, into rows wider than the heads (the extra columns must stay untouched); and the
+ * same bits with 1 and 2 threads. */
+static void run_attention_case(int T, int n_heads, int hd)
+{
+    const int C = n_heads * hd, ldo = C + 3;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *qkv = g_new(float, (size_t)T * 3 * C), *out[2];
+    float *packed = g_new(float, attention_packed_floats(T, n_heads, hd));
+    double *ref = g_new(double, (size_t)T * C), *p = g_new(double, T);
+    /* wide logits, so the softmax is far from uniform */
+    fill_uniform(qkv, (size_t)T * 3 * C, -2, 2);
+    int saved = omp_get_max_threads();
+    for (int t = 0; t < 2; t++) {
+        out[t] = g_new(float, (size_t)T * ldo);
+        for (size_t i = 0; i < (size_t)T * ldo; i++)
+            out[t][i] = 1234.5f;
+        omp_set_num_threads(t + 1);
+        attention(out[t], ldo, qkv, T, n_heads, hd, scale, packed);
+    }
+    omp_set_num_threads(saved);
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < T; i++) {
+            const float *q = qkv + (size_t)i * 3 * C + h * hd;
+            double max = -INFINITY, sum = 0;
+            for (int j = 0; j < T; j++) {
+                const float *k = qkv + (size_t)j * 3 * C + C + h * hd;
+                double s = 0;
+                for (int d = 0; d < hd; d++)
+                    s += (double)q[d] * k[d];
+                p[j] = s * scale;
+                max = MAX(max, p[j]);
+            }
+            for (int j = 0; j < T; j++)
+                sum += p[j] = exp(p[j] - max);
+            for (int d = 0; d < hd; d++) {
+                double o = 0;
+                for (int j = 0; j < T; j++)
+                    o += p[j] / sum * qkv[(size_t)j * 3 * C + 2 * C + h * hd + d];
+                ref[(size_t)i * C + h * hd + d] = o;
+            }
+        }
+    float *got = g_new(float, (size_t)T * C);
+    gboolean untouched = TRUE;
+    for (int i = 0; i < T; i++) {
+        memcpy(got + (size_t)i * C, out[0] + (size_t)i * ldo, C * sizeof(float));
+        for (int c = C; c < ldo; c++)
+            untouched &= out[0][(size_t)i * ldo + c] == 1234.5f;
+    }
+    char *what = g_strdup_printf("attention T %d, %d heads of %d", T, n_heads, hd);
+    check_rel(what, got, ref, (size_t)T * C, 1e-5);
+    if (!untouched)
+        g_test_fail_printf("%s: wrote past the heads' columns", what);
+    if (memcmp(out[0], out[1], (size_t)T * ldo * sizeof(float)) != 0)
+        g_test_fail_printf("%s: 1 and 2 threads differ", what);
+    g_free(what);
+    g_free(got);
+    g_free(out[0]);
+    g_free(out[1]);
+    g_free(p);
+    g_free(ref);
+    g_free(packed);
+    g_free(qkv);
+}
+
+/* Shapes that leave partial row tiles and partial panels on every path (tiles of 4, 6 or 12
+ * rows; panels of 8, 16 or 32 columns), the two real head sizes (64, 72) and a lone token. */
+static void run_attention_cases(void)
+{
+    const int shapes[][3] = { { 37, 3, 72 }, { 50, 2, 64 }, { 13, 2, 5 }, { 1, 2, 8 },
+                              { 130, 1, 40 } };
+    for (size_t i = 0; i < G_N_ELEMENTS(shapes); i++)
+        run_attention_case(shapes[i][0], shapes[i][1], shapes[i][2]);
+}
+
+static void test_attention(gconstpointer data)
+{
+    if (!data || g_test_subprocess())
+        run_attention_cases();
+    else
+        run_in_child_with(data);
+}
+
 static void test_rows_and_add(void)
 {
     int n = 37, dim = 160;
@@ -614,6 +703,9 @@ int main(int argc, char **argv)
     g_test_add_func("/ops/norms", test_norms);
     g_test_add_func("/ops/activations", test_activations);
     g_test_add_func("/ops/softmax", test_softmax);
+    g_test_add_data_func("/ops/attention", NULL, test_attention);
+    g_test_add_data_func("/ops/attention/portable", "COBRA_NO_SIMD", test_attention);
+    g_test_add_data_func("/ops/attention/no-avx512", "COBRA_NO_AVX512", test_attention);
     g_test_add_func("/ops/rows-and-add", test_rows_and_add);
     g_test_add_func("/ops/threads", test_thread_counts);
     int rc = g_test_run();

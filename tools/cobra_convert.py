@@ -280,6 +280,14 @@ def copied(name, src, shape=None, matrix=False):
     return OutTensor(name, shape, matrix, lambda: src.numpy().reshape(shape))
 
 
+def zero_padded(name, src, shape, matrix=False):
+    """A source tensor grown to `shape` with zeros after its values along each axis."""
+    if tuple(shape) == src.shape:
+        return copied(name, src, matrix=matrix)
+    return OutTensor(name, shape, matrix,
+                     lambda: np.pad(src.numpy(), [(0, n - m) for n, m in zip(shape, src.shape)]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Position-embedding resampling (timm resample_abs_pos_embed = PyTorch antialiased bicubic)
 # ---------------------------------------------------------------------------------------------
@@ -403,9 +411,20 @@ def load_tower(folder):
     return Tower(arch, hparams, mean, std, Weights(tensors, path))
 
 
-def tower_tensors(t, prefix, grid):
+def stored_mlp_width(t, outtype):
+    """The MLP hidden width as stored: when matrices are quantised (blocks of 32 along ne[0]), a
+    width that is not a multiple of 32 is padded up to one, so that ffn_down (ne[0] = the width)
+    is quantised instead of staying F16 (SigLIP so400m's 4304 -> 4320). The extra hidden units
+    have zero fc1 rows and bias and zero fc2 columns: GELU(0) = 0, so they add nothing."""
+    if outtype not in BLOCK_OUTTYPES:
+        return t.mlp
+    return -(-t.mlp // gguf_io.QK8_0) * gguf_io.QK8_0
+
+
+def tower_tensors(t, prefix, grid, outtype):
     """The GGUF tensors of one tower, every source shape checked against its hyper-parameters."""
     w, C, F, P = t.weights, t.width, t.mlp, t.patch
+    Fs = stored_mlp_width(t, outtype)
     depth_found = w.count_indexed("blocks.")
     if depth_found != t.depth:
         raise ConvertError(f"{w.source}: has {depth_found} blocks, the architecture says {t.depth}")
@@ -427,20 +446,24 @@ def tower_tensors(t, prefix, grid):
     layer_scale = "blocks.0.ls1.gamma" in w
     for i in range(t.feature_layer + 1):
         src, dst = f"blocks.{i}.", f"{prefix}.blk.{i}."
-        parts = [("ln1.weight", "norm1.weight", (C,), False), ("ln1.bias", "norm1.bias", (C,), False),
-                 ("attn_qkv.weight", "attn.qkv.weight", (3 * C, C), True),
-                 ("attn_qkv.bias", "attn.qkv.bias", (3 * C,), False),
-                 ("attn_out.weight", "attn.proj.weight", (C, C), True),
-                 ("attn_out.bias", "attn.proj.bias", (C,), False),
-                 ("ln2.weight", "norm2.weight", (C,), False), ("ln2.bias", "norm2.bias", (C,), False),
-                 ("ffn_up.weight", "mlp.fc1.weight", (F, C), True),
-                 ("ffn_up.bias", "mlp.fc1.bias", (F,), False),
-                 ("ffn_down.weight", "mlp.fc2.weight", (C, F), True),
-                 ("ffn_down.bias", "mlp.fc2.bias", (C,), False)]
+        # (name, source name, source shape, stored shape, matrix)
+        parts = [("ln1.weight", "norm1.weight", (C,), (C,), False),
+                 ("ln1.bias", "norm1.bias", (C,), (C,), False),
+                 ("attn_qkv.weight", "attn.qkv.weight", (3 * C, C), (3 * C, C), True),
+                 ("attn_qkv.bias", "attn.qkv.bias", (3 * C,), (3 * C,), False),
+                 ("attn_out.weight", "attn.proj.weight", (C, C), (C, C), True),
+                 ("attn_out.bias", "attn.proj.bias", (C,), (C,), False),
+                 ("ln2.weight", "norm2.weight", (C,), (C,), False),
+                 ("ln2.bias", "norm2.bias", (C,), (C,), False),
+                 ("ffn_up.weight", "mlp.fc1.weight", (F, C), (Fs, C), True),
+                 ("ffn_up.bias", "mlp.fc1.bias", (F,), (Fs,), False),
+                 ("ffn_down.weight", "mlp.fc2.weight", (C, F), (C, Fs), True),
+                 ("ffn_down.bias", "mlp.fc2.bias", (C,), (C,), False)]
         if layer_scale:
-            parts += [("ls1.weight", "ls1.gamma", (C,), False), ("ls2.weight", "ls2.gamma", (C,), False)]
-        for dst_name, src_name, shape, matrix in parts:
-            out.append(copied(dst + dst_name, w.get(src + src_name, shape), matrix=matrix))
+            parts += [("ls1.weight", "ls1.gamma", (C,), (C,), False),
+                      ("ls2.weight", "ls2.gamma", (C,), (C,), False)]
+        for dst_name, src_name, shape, stored, matrix in parts:
+            out.append(zero_padded(dst + dst_name, w.get(src + src_name, shape), stored, matrix))
     return out
 
 
@@ -595,6 +618,8 @@ FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}   # llama.cpp's general.
 # out_proj, 89% of cobra+3b's weights. Every other matrix stays Q8_0; docs/performance.md has the
 # measurements behind the choice.
 Q4_0_MATRICES = ("ssm_in.weight", "ssm_out.weight")
+# The --outtype values that store matrices in blocks of 32 values along ne[0].
+BLOCK_OUTTYPES = ("q8_0", "q4_0")
 PROJECTOR_TYPE = "fused-gelu-mlp"
 RESIZE_STRATEGY = "resize-naive"
 RMS_NORM_EPS = 1e-5
@@ -605,7 +630,7 @@ def output_type(tensor, outtype):
     ne[0] % 32 (F16 otherwise), and q4_0 keeps all but Q4_0_MATRICES at Q8_0."""
     if not tensor.matrix or outtype == "f32":
         return F32
-    if outtype not in ("q8_0", "q4_0") or tensor.shape[-1] % gguf_io.QK8_0:
+    if outtype not in BLOCK_OUTTYPES or tensor.shape[-1] % gguf_io.QK8_0:
         return F16
     if outtype == "q4_0" and tensor.name.startswith("blk.") and tensor.name.endswith(Q4_0_MATRICES):
         return Q4_0
@@ -674,7 +699,7 @@ def assemble(src, outtype, verbose):
     for name, t in towers.items():
         k = f"clip.{name}."
         w.add_uint32(k + "embedding_length", t.width)
-        w.add_uint32(k + "feed_forward_length", t.mlp)
+        w.add_uint32(k + "feed_forward_length", stored_mlp_width(t, outtype))
         w.add_uint32(k + "attention.head_count", t.heads)
         w.add_float32(k + "attention.layer_norm_epsilon", LAYER_NORM_EPS)
         w.add_uint32(k + "block_count", t.depth)
@@ -712,7 +737,7 @@ def assemble(src, outtype, verbose):
 
     tensors = []
     for name, t in towers.items():
-        tensors += tower_tensors(t, name, grid)
+        tensors += tower_tensors(t, name, grid, outtype)
     proj, d_model = projector_tensors(projector, sum(t.width for t in towers.values()))
     if d_model != p.d_model:
         raise ConvertError(f"{projector.source}: tensor projector.2.weight has {d_model} rows, "
