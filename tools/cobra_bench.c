@@ -68,12 +68,37 @@ static void reset_peak_rss(void)
 
 /* ---- the model file ---- */
 
+/* The scripts that write the model, whose contents key the cached file: a converter that
+ * changes what it writes (padding, types) must not be timed on an old file. */
+static const char *const WRITERS[] = {"bench_model.py", "cobra_convert.py", "gguf_io.py"};
+
+static char *writers_digest(void)
+{
+    GChecksum *sum = g_checksum_new(G_CHECKSUM_SHA256);
+    for (size_t i = 0; i < G_N_ELEMENTS(WRITERS); i++) {
+        char *path = g_build_filename(COBRA_SOURCE_DIR, "tools", WRITERS[i], NULL), *text;
+        gsize len;
+        GError *err = NULL;
+        if (!g_file_get_contents(path, &text, &len, &err))
+            die("%s", err->message);
+        g_checksum_update(sum, (const guchar *)text, len);
+        g_free(text);
+        g_free(path);
+    }
+    char *digest = g_strndup(g_checksum_get_string(sum), 12);
+    g_checksum_free(sum);
+    return digest;
+}
+
 static char *model_path(const Options *o)
 {
     char *vd = o->vision_depth > 0 ? g_strdup_printf("%d", o->vision_depth) : g_strdup("full");
-    char *name = g_strdup_printf("cobra3b-random-%s-l%d-v%s.gguf", o->type, o->n_layer, vd);
+    char *digest = writers_digest();
+    char *name = g_strdup_printf("cobra3b-random-%s-l%d-v%s-%s.gguf", o->type, o->n_layer, vd,
+                                 digest);
     char *path = g_build_filename(g_get_tmp_dir(), "cobra-bench", name, NULL);
     g_free(vd);
+    g_free(digest);
     g_free(name);
     return path;
 }
