@@ -8,9 +8,16 @@
  */
 #include "mamba.h"
 
-#include <sched.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <string.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <sched.h>
+#endif
 
 #include "cobra.h"
 
@@ -167,7 +174,7 @@ struct MambaBuffers {
     float *dtl;   /* [chunk][r]   dt_low, contiguous for the dt_proj GEMM */
     float *dt;    /* [chunk][di]  dt_proj + bias (the scan takes the softplus) */
     float *y;     /* [chunk][di]  scan output, gated */
-    void *xin;    /* matvec_input_bytes(max cols): the input of a decoded token's product */
+    void *xin[2]; /* matvec_input_bytes(max cols) each: a decoded token's products' inputs */
 };
 
 MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
@@ -186,7 +193,8 @@ MambaBuffers *mamba_buffers_new(const Mamba *m, int max_chunk)
     b->dtl = g_new(float, n * r);
     b->dt = g_new(float, n * di);
     b->y = g_new(float, n * di);
-    b->xin = g_malloc(matvec_input_bytes(mamba_max_cols(m)));
+    for (int i = 0; i < 2; i++)
+        b->xin[i] = g_malloc(matvec_input_bytes(mamba_max_cols(m)));
     return b;
 }
 
@@ -204,7 +212,8 @@ void mamba_buffers_free(MambaBuffers *b)
     g_free(b->dtl);
     g_free(b->dt);
     g_free(b->y);
-    g_free(b->xin);
+    g_free(b->xin[0]);
+    g_free(b->xin[1]);
     g_free(b);
 }
 
@@ -379,28 +388,35 @@ static void layer_forward(const Mamba *m, const MambaLayer *l, float *conv, floa
  * blocks of channels through dt_proj and the scan, out_proj rows; then the head. Threads take
  * the next chunk from a counter, and a chunk waits only until every chunk of the earlier phases
  * is done: a late thread finds its share taken by the others, and nobody waits for a thread
- * that holds no chunk. Each output is still computed by one call of the same code, so results
- * do not depend on the thread count. */
+ * that holds no chunk. Each chunk also quantises what it wrote for the next product, so that
+ * the norm is the only phase of one chunk (every phase boundary is a point where a thread that
+ * lost its core mid-chunk holds the others up). Each output is still computed by one call of
+ * the same code, so results do not depend on the thread count. */
 
-enum { PH_NORM, PH_IN_CONV, PH_PREP_XC, PH_X_PROJ, PH_PREP_DT, PH_SCAN, PH_PREP_Y, PH_OUT,
-       N_LAYER_PHASES };
+enum { PH_NORM, PH_IN_CONV, PH_X_PROJ, PH_SCAN, PH_OUT, N_LAYER_PHASES };
 enum { PH_NORM_F, PH_HEAD, N_TAIL_PHASES };
 
-/* Chunks of a few us of weight streaming on one core (in_proj: 2 x 64 rows of 2560, out_proj 16
+/* Chunks of a few us of weight streaming on one core (in_proj: 2 x 64 rows of 2560, out_proj 32
  * rows of 5120, head 256 rows of 2560 at cobra+3b's shapes): 80 or more per large product, so
- * that 16 threads share them evenly, while taking one (an atomic add) stays negligible. */
+ * that 16 threads share them evenly, while taking one (an atomic add) stays negligible. Channel
+ * and row blocks are whole quantisation blocks, which their chunk quantises. */
 #define STEP_CHANNELS 64
-#define STEP_ROWS 16
+#define STEP_ROWS 32
 #define STEP_HEAD_ROWS 256
 G_STATIC_ASSERT(STEP_CHANNELS % SCAN_BLOCK == 0);
+G_STATIC_ASSERT(STEP_CHANNELS % QK8_0 == 0 && STEP_ROWS % QK8_0 == 0);
 
 /* Below this many multiply-adds per token (~50 us of one core) one thread is as fast as a
  * region (2-110 us): the demo model's tokens without the head. */
 #define STEP_PARALLEL_MIN (1 << 20)
 
 /* A waiting thread spins this many pauses (~30-100 us) for the microseconds a phase takes, then
- * yields its core: a longer wait means another process holds the core it waits for. */
+ * sleeps until a chunk is done: a longer wait means the thread holding the chunk lost its core
+ * to another process. Sleeping (not yielding) leaves a core idle for the kernel to move that
+ * thread to, and a thread that slept is scheduled ahead of a busy process when woken. */
 #define STEP_SPINS 2000
+/* The longest sleep: a cancel does not wake sleepers. */
+#define STEP_SLEEP_NS 1000000
 
 typedef struct {
     const Mamba *m;
@@ -411,11 +427,13 @@ typedef struct {
     int layer_start[N_LAYER_PHASES + 1]; /* first chunk of each phase within a layer */
     int tail_start[N_TAIL_PHASES + 1];
     int n_chunks;
-    const void *xin;            /* the prepared input of the current phase's product */
+    /* Where each product's prepared input is (b->xin[0] or [1], or the floats themselves):
+     * set by the layer's norm chunk, filled by the chunks that write them. */
+    const void *in_x, *xc_x, *dt_x, *y_x;
     /* Taking a chunk and polling for finished ones hit different cache lines. */
     _Alignas(64) atomic_int next;
     _Alignas(64) atomic_int done;
-    atomic_int stop;
+    atomic_int sleepers, stop;
 } Step;
 
 static int ceil_div(int a, int b)
@@ -461,36 +479,36 @@ static void layer_chunk(Step *st, int i, int phase, int j)
     switch (phase) {
     case PH_NORM:
         rmsnorm(b->xn, b->res, l->norm, 1, d, m->eps);
-        st->xin = matvec_input(&l->in_proj, b->xn, b->xin);
+        st->in_x = matvec_input(&l->in_proj, b->xn, b->xin[0]);
+        st->xc_x = matvec_input_part(&l->x_proj, b->xc, b->xin[1], 0, 0);
+        st->dt_x = matvec_input_part(&l->dt_proj, b->dbc, b->xin[0], 0, 0);
+        st->y_x = matvec_input_part(&l->out_proj, b->y, b->xin[1], 0, 0);
         break;
     case PH_IN_CONV: /* the x rows of in_proj feed the conv, the z rows wait for the scan */
-        matvec_rows(b->xz, &l->in_proj, st->xin, c0, c1);
-        matvec_rows(b->xz, &l->in_proj, st->xin, di + c0, di + c1);
+        matvec_rows(b->xz, &l->in_proj, st->in_x, c0, c1);
+        matvec_rows(b->xz, &l->in_proj, st->in_x, di + c0, di + c1);
         conv_step(b->xc, conv, b->xz, l->conv_w, l->conv_b, c0, c1, m->d_conv);
+        matvec_input_part(&l->x_proj, b->xc, b->xin[1], c0, c1);
         break;
-    case PH_PREP_XC:
-        st->xin = matvec_input(&l->x_proj, b->xc, b->xin);
+    case PH_X_PROJ: { /* dt_low is the first r values of dbc; in_proj's input is no longer read */
+        const int r1 = MIN(r0 + STEP_ROWS, nbc);
+        matvec_rows(b->dbc, &l->x_proj, st->xc_x, r0, r1);
+        if (r0 < r)
+            matvec_input_part(&l->dt_proj, b->dbc, b->xin[0], r0, MIN(r1, r));
         break;
-    case PH_X_PROJ:
-        matvec_rows(b->dbc, &l->x_proj, st->xin, r0, MIN(r0 + STEP_ROWS, nbc));
-        break;
-    case PH_PREP_DT: /* dt_low is the first r values of dbc */
-        st->xin = matvec_input(&l->dt_proj, b->dbc, b->xin);
-        break;
-    case PH_SCAN:
-        matvec_rows(b->dt, &l->dt_proj, st->xin, c0, c1);
+    }
+    case PH_SCAN: /* x_proj's input is no longer read */
+        matvec_rows(b->dt, &l->dt_proj, st->dt_x, c0, c1);
         for (int c = c0; c < c1; c++)
             b->dt[c] += l->dt_b[c];
         for (int cb = c0; cb < c1; cb += SCAN_BLOCK)
             scan_block(b->y, ssm, b->xc, b->dt, b->xz + di, 2 * (size_t)di, b->dbc + r, nbc, l->A,
                        l->D, 1, di, ds, cb, MIN(SCAN_BLOCK, c1 - cb));
-        break;
-    case PH_PREP_Y:
-        st->xin = matvec_input(&l->out_proj, b->y, b->xin);
+        matvec_input_part(&l->out_proj, b->y, b->xin[1], c0, c1);
         break;
     case PH_OUT: {
         const int r1 = MIN(r0 + STEP_ROWS, d);
-        matvec_rows(b->xn, &l->out_proj, st->xin, r0, r1);
+        matvec_rows(b->xn, &l->out_proj, st->y_x, r0, r1);
         for (int k = r0; k < r1; k++)
             b->res[k] += b->xn[k];
         break;
@@ -504,10 +522,10 @@ static void tail_chunk(Step *st, int phase, int j)
     if (phase == PH_NORM_F) {
         rmsnorm(st->normed, st->b->res, m->norm_f, 1, m->d_model, m->eps);
         if (st->logits)
-            st->xin = matvec_input(&m->lm_head, st->normed, st->b->xin);
+            st->in_x = matvec_input(&m->lm_head, st->normed, st->b->xin[0]);
     } else {
         const int r0 = j * STEP_HEAD_ROWS;
-        matvec_rows(st->logits, &m->lm_head, st->xin, r0, MIN(r0 + STEP_HEAD_ROWS, m->n_vocab));
+        matvec_rows(st->logits, &m->lm_head, st->in_x, r0, MIN(r0 + STEP_HEAD_ROWS, m->n_vocab));
     }
 }
 
@@ -518,18 +536,54 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Until every chunk before `first` is done; FALSE once the step is stopped. */
+/* Sleep while *addr == value, or until woken (Linux futex; elsewhere a yield). */
+static void futex_wait(atomic_int *addr, int value)
+{
+#ifdef __linux__
+    const struct timespec timeout = {0, STEP_SLEEP_NS};
+    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, value, &timeout, NULL, 0);
+#else
+    (void)addr, (void)value;
+    sched_yield();
+#endif
+}
+
+static void futex_wake_all(atomic_int *addr)
+{
+#ifdef __linux__
+    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)addr;
+#endif
+}
+
+/* Until every chunk before `first` is done; FALSE once the step is stopped. A sleeper counts
+ * itself before its last look at `done` and chunk_done reads the count after adding to it
+ * (both sequentially consistent), so one of the two sees the other: no wake-up is lost. */
 static gboolean wait_done(Step *st, int first)
 {
-    for (int spins = 0; atomic_load_explicit(&st->done, memory_order_acquire) < first; spins++) {
+    for (int spins = 0;; spins++) {
+        const int done = atomic_load_explicit(&st->done, memory_order_acquire);
+        if (done >= first)
+            return TRUE;
         if (atomic_load_explicit(&st->stop, memory_order_relaxed))
             return FALSE;
-        if (spins < STEP_SPINS)
+        if (spins < STEP_SPINS) {
             cpu_relax();
-        else
-            sched_yield();
+            continue;
+        }
+        atomic_fetch_add(&st->sleepers, 1);
+        if (atomic_load(&st->done) == done)
+            futex_wait(&st->done, done);
+        atomic_fetch_sub(&st->sleepers, 1);
     }
-    return TRUE;
+}
+
+static void chunk_done(Step *st)
+{
+    atomic_fetch_add(&st->done, 1);
+    if (atomic_load(&st->sleepers) > 0)
+        futex_wake_all(&st->done);
 }
 
 /* Take chunks until none is left: chunk g is (layer, phase, index) or one of the tail's. */
@@ -557,7 +611,7 @@ static void step_worker(Step *st)
             layer_chunk(st, g / per_layer, phase, g - base - start[phase]);
         else
             tail_chunk(st, phase, g - base - start[phase]);
-        atomic_fetch_add_explicit(&st->done, 1, memory_order_release);
+        chunk_done(st);
     }
 }
 
@@ -568,9 +622,8 @@ static gboolean mamba_step(const Mamba *m, MambaState *s, MambaBuffers *b, float
     const int d = m->d_model, di = m->d_inner, nbc = m->dt_rank + 2 * m->d_state;
     const int blocks = ceil_div(di, STEP_CHANNELS);
     const int layer_count[N_LAYER_PHASES] = {
-        [PH_NORM] = 1, [PH_IN_CONV] = blocks, [PH_PREP_XC] = 1,
-        [PH_X_PROJ] = ceil_div(nbc, STEP_ROWS), [PH_PREP_DT] = 1, [PH_SCAN] = blocks,
-        [PH_PREP_Y] = 1, [PH_OUT] = ceil_div(d, STEP_ROWS),
+        [PH_NORM] = 1, [PH_IN_CONV] = blocks, [PH_X_PROJ] = ceil_div(nbc, STEP_ROWS),
+        [PH_SCAN] = blocks, [PH_OUT] = ceil_div(d, STEP_ROWS),
     };
     const int tail_count[N_TAIL_PHASES] = {
         [PH_NORM_F] = 1, [PH_HEAD] = logits ? ceil_div(m->n_vocab, STEP_HEAD_ROWS) : 0,
@@ -582,6 +635,7 @@ static gboolean mamba_step(const Mamba *m, MambaState *s, MambaBuffers *b, float
     st.n_chunks = m->n_layer * st.layer_start[N_LAYER_PHASES] + st.tail_start[N_TAIL_PHASES];
     atomic_init(&st.next, 0);
     atomic_init(&st.done, 0);
+    atomic_init(&st.sleepers, 0);
     atomic_init(&st.stop, 0);
 
     const MambaLayer *l = &m->layers[0];

@@ -726,19 +726,24 @@ size_t matvec_input_bytes(int cols)
 
 /* Q4_0 and Q8_0 multiply int8 by int8, so x is quantised: the row's nb blocks, then their d
  * and d Σx as float arrays, for dots that take 8 blocks' scales in one load. */
-const void *matvec_input(const Mat *W, const float *x, void *buf)
+const void *matvec_input_part(const Mat *W, const float *x, void *buf, int c0, int c1)
 {
     if (!type_kernels_of(W->type)->int8)
         return x;
     const int nb = W->cols / QK8_0;
     BlockQ8x *xq = buf;
     float *xd = (float *)(xq + nb);
-    quantize_row(x, xq, W->cols, 0);
-    for (int b = 0; b < nb; b++) {
+    quantize_row(x + c0, xq + c0 / QK8_0, c1 - c0, 0);
+    for (int b = c0 / QK8_0; b < c1 / QK8_0; b++) {
         xd[b] = xq[b].d;
         xd[nb + b] = xq[b].d * (float)xq[b].sum;
     }
     return xq;
+}
+
+const void *matvec_input(const Mat *W, const float *x, void *buf)
+{
+    return matvec_input_part(W, x, buf, 0, W->cols);
 }
 
 void matvec_rows(float *out, const Mat *W, const void *xin, int r0, int r1)

@@ -64,9 +64,12 @@ void matmul(float *out, const float *x, int n, const Mat *W, const float *bias, 
 
 /* Matrix-vector products split by the caller (a decoded token's own scheduling, mamba.c): x
  * prepared once for W's type into buf (matvec_input_bytes(W.cols); quantised for Q4_0 and Q8_0,
- * x itself otherwise), then out[r] = W[r] · x for r0 <= r < r1, as matmul computes them. */
+ * x itself otherwise), then out[r] = W[r] · x for r0 <= r < r1, as matmul computes them.
+ * matvec_input_part prepares only columns c0..c1-1 (multiples of QK8_0, or W.cols), so that
+ * whoever wrote them can; with c0 == c1 it only says where the input will be. */
 size_t matvec_input_bytes(int cols);
 const void *matvec_input(const Mat *W, const float *x, void *buf);
+const void *matvec_input_part(const Mat *W, const float *x, void *buf, int c0, int c1);
 void matvec_rows(float *out, const Mat *W, const void *xin, int r0, int r1);
 
 /* Row r of W as floats. */
