@@ -528,6 +528,31 @@ def test_mlp_padding(models, man):
                   and not down.numpy()[:, F:].any())
 
 
+def test_llama_cpp_model(models, tmp):
+    """tools/llama_cpp_model.py (the llama.cpp side of the benchmarks): the language model's
+    tensors byte for byte, no tower or projector, llama.cpp's `mamba` architecture, and the
+    per-token tokenizer arrays as long as the embedding."""
+    for outtype in ("q8_0", "q4_0"):
+        src = gguf_io.GGUFReader(models / f"tiny-{outtype}.gguf")
+        out = tmp / f"tiny-{outtype}-mamba.gguf"
+        subprocess.run([sys.executable, str(ROOT / "tools" / "llama_cpp_model.py"),
+                        str(models / f"tiny-{outtype}.gguf"), str(out)], check=True)
+        r = gguf_io.GGUFReader(out)
+        lm = [n for n in src.tensors if n.startswith(("token_embd.", "output", "blk."))]
+        check(f"{outtype} -> llama.cpp: architecture mamba, no clip keys",
+              r.kv["general.architecture"] == "mamba"
+              and not any(k.startswith("clip.") for k in r.kv))
+        check(f"{outtype} -> llama.cpp: the language model's tensors, bytes and types unchanged",
+              list(r.tensors) == lm and all(
+                  r.tensors[n].type == src.tensors[n].type and r.tensors[n].ne == src.tensors[n].ne
+                  and np.array_equal(r.tensors[n].raw, src.tensors[n].raw) for n in lm))
+        n_vocab = src.tensors["token_embd.weight"].ne[1]
+        check(f"{outtype} -> llama.cpp: {n_vocab} tokens, as many as embedding rows",
+              len(r.kv["tokenizer.ggml.tokens"]) == n_vocab
+              and len(r.kv["tokenizer.ggml.token_type"]) == n_vocab
+              and r.kv["tokenizer.ggml.tokens"] == src.kv["tokenizer.ggml.tokens"][:n_vocab])
+
+
 def test_sources_agree(src):
     """The zip/pickle reader and the safetensors reader see the same SigLIP weights."""
     a, b = src["siglip"], src["siglip-timm"]
@@ -740,6 +765,7 @@ def main():
                 convert(models / f"tiny-{outtype}.gguf", outtype=outtype)
         guarded("outputs", test_outputs, models, tmp, man, src, expected)
         guarded("MLP padding", test_mlp_padding, models, man)
+        guarded("llama.cpp model", test_llama_cpp_model, models, tmp)
         guarded("source readers", test_sources_agree, src)
         guarded("resampler", test_resampler)
         guarded("quantizer", test_quantizer)
