@@ -142,6 +142,7 @@ typedef struct {
     double head_flop;
     double token_bytes;       /* weight bytes one decoded token reads: every layer + the head */
     double file_mb;
+    const char *type;         /* general.file_type's name: what -m's file holds */
     int n_layer, n_image;
     Shape vision[MAX_SHAPES], lm[MAX_SHAPES]; /* the weight GEMMs of a frame and of a chunk */
     int n_vision, n_lm;
@@ -214,6 +215,13 @@ static Costs model_costs(const char *path)
         c.vision_flop += shape_flop(&c.vision[i]);
 
     c.n_layer = (int)get_uint(f, "mamba.block_count", NULL);
+    switch (get_uint(f, "general.file_type", NULL)) { /* llama.cpp's numbering */
+    case 0: c.type = "f32"; break;
+    case 1: c.type = "f16"; break;
+    case 2: c.type = "q4_0"; break;
+    case 7: c.type = "q8_0"; break;
+    default: c.type = "other"; break;
+    }
     static const char *const mats[] = {"ssm_in", "ssm_x", "ssm_dt", "ssm_out"};
     for (int i = 0; i < 4; i++) {
         char name[32];
@@ -453,7 +461,7 @@ int main(int argc, char **argv)
     const char *wait = g_getenv("OMP_WAIT_POLICY") ? g_getenv("OMP_WAIT_POLICY") : "default";
     printf("cobra-bench: %s, %d threads (OMP_WAIT_POLICY %s), %d Mamba layers, model %.0f MiB "
            "(%s), load %.2f s, best of %d\n",
-           o.type, o.threads, wait, c.n_layer, c.file_mb, path, load_s, o.reps);
+           c.type, o.threads, wait, c.n_layer, c.file_mb, path, load_s, o.reps);
     printf("%-28s %12s %14s %18s\n", "stage", "measured", "work", "vs ceiling");
     printf("%-28s %10.3f s %10.1f GFLOP %9.1f GFLOP/s (%3.0f%% of sgemm %.1f)\n", "vision (towers+projector)",
            best.vision_s, c.vision_flop / 1e9, vision_gflops, 100 * vision_gflops / vision_sgemm,
@@ -477,7 +485,7 @@ int main(int argc, char **argv)
            "\"sgemm_gflops\": %.2f, \"sgemm_vision_gflops\": %.2f, \"sgemm_prefill_gflops\": %.2f, "
            "\"membw_gbs\": %.2f, \"peak_rss_mb\": %.1f, \"file_mb\": %.1f, "
            "\"rss_growth_mb\": %.2f, \"generated\": %d}\n",
-           o.type, o.threads, wait, c.n_layer, o.vision_depth, best.vision_s, vision_gflops, n_prefill,
+           c.type, o.threads, wait, c.n_layer, o.vision_depth, best.vision_s, vision_gflops, n_prefill,
            prefill_tok_s, prefill_gflops, decode_tok_s, c.token_bytes, decode_gbs, best.ttft_s,
            sgemm_gflops, vision_sgemm, lm_sgemm, membw, peak_rss_mb, c.file_mb,
            best.rss_last_mb - best.rss_first_mb, best.n_generated);
