@@ -911,6 +911,19 @@ static void test_cli(void)
     compare_dumps(tensors, 1e-4);
     g_hash_table_unref(tensors);
 
+    /* A question in UTF-8 under a UTF-8 locale is taken and answered. */
+    const char *utf8[] = {cli, "-m", model, "-i", image, "-p", "Qu\u00e9 ves? \u2014 \u753b\u50cf", "-n", "2",
+                          NULL};
+    char **env = g_environ_setenv(g_environ_unsetenv(g_get_environ(), "LC_ALL"), "LANG",
+                                  "C.UTF-8", TRUE);
+    g_free(errout);
+    g_free(out);
+    g_assert_true(g_spawn_sync(NULL, (char **)utf8, env, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                               &errout, &status, NULL));
+    g_assert_true(g_spawn_check_wait_status(status, NULL));
+    g_assert_cmpuint(strlen(out), >, 1);
+    g_strfreev(env);
+
     /* Errors: one line on stderr, non-zero exit. */
     const char *bad[] = {cli, "-m", "/nonexistent.gguf", "-i", image, "-p", "hi", NULL};
     g_free(errout);

@@ -14,6 +14,7 @@
 #include <gst/app/gstappsink.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include <locale.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,11 @@ int main(int argc, char **argv)
         {"skip-special", 0, 0, G_OPTION_ARG_NONE, &skip_special,
          "With --detokenize: leave out special tokens", NULL},
         {NULL}};
+    /* GOption converts arguments from the locale's charset; in the C locale a program starts in,
+     * that is ASCII and every non-ASCII question was refused. Numbers stay in C's format (the
+     * label scores are printed for other programs to read). */
+    setlocale(LC_ALL, "");
+    setlocale(LC_NUMERIC, "C");
     GOptionContext *ctx = g_option_context_new("- ask the Cobra vision-language model about an image");
     g_option_context_add_main_entries(ctx, entries, NULL);
     GError *err = NULL;
