@@ -720,8 +720,9 @@ TARGET_AVX512 static float dot_q4_0_avx512(const void *wv, const void *xv, int n
 
 size_t matvec_input_bytes(int cols)
 {
+    /* float inputs are used where they are: only quantised ones need room */
     const size_t nb = (size_t)cols / QK8_0;
-    return MAX(nb * sizeof(BlockQ8x) + 2 * nb * sizeof(float), (size_t)cols * sizeof(float));
+    return nb * sizeof(BlockQ8x) + 2 * nb * sizeof(float);
 }
 
 /* Q4_0 and Q8_0 multiply int8 by int8, so x is quantised: the row's nb blocks, then their d
