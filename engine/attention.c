@@ -14,6 +14,7 @@
 
 #include <glib.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <string.h>
 
 #include "ops.h"
@@ -174,9 +175,20 @@ static size_t packed_head_floats(int T, int hd)
     return packed_kt_floats(T, hd) + (size_t)T * round_up(hd, NR_MAX);
 }
 
-size_t attention_packed_floats(int T, int n_heads, int head_dim)
+/* Rows of q and scores a thread works on at a time, on every ISA. */
+#define MB_MAX (TILES_PER_BLOCK * MR_MAX)
+
+/* Floats of one thread's rows: q (MB rows of hd) and scores (MB rows of T rounded up to a
+ * panel). */
+static size_t thread_floats(int T, int hd)
 {
-    return (size_t)n_heads * packed_head_floats(T, head_dim);
+    return (size_t)MB_MAX * hd + (size_t)MB_MAX * round_up(T, NR_MAX);
+}
+
+size_t attention_scratch_floats(int T, int n_heads, int head_dim, int threads)
+{
+    return (size_t)n_heads * packed_head_floats(T, head_dim) +
+           (size_t)threads * thread_floats(T, head_dim);
 }
 
 /* ---- attention --------------------------------------------------------------------------------- */
@@ -238,8 +250,9 @@ static void head_rows(const Heads *a, int h, int i0, int n, float *q, float *s, 
 }
 
 void attention(float *out, int ldo, const float *qkv, int T, int n_heads, int hd, float scale,
-               float *packed)
+               float *scratch)
 {
+    float *packed = scratch, *rows = scratch + (size_t)n_heads * packed_head_floats(T, hd);
     const Kernels *kn = &kernels[cpu_isa()];
     const int C = n_heads * hd, NR = kn->vec * kn->nv;
     const Heads a = { kn, qkv, T, C, hd, scale, packed, out, ldo };
@@ -260,14 +273,14 @@ void attention(float *out, int ldo, const float *qkv, int T, int n_heads, int hd
     const int ld_s = round_up(T, NR);
 #pragma omp parallel
     {
-        /* Zeroed: the rows past a block's end that a tile reads are then finite. */
-        float *q = g_new0(float, (size_t)MB * hd), *s = g_new0(float, (size_t)MB * ld_s);
+        /* The rows past a block's end that a tile reads hold earlier rows or the scratch's
+         * zeros: finite, and their results are not stored. */
+        float *q = rows + (size_t)omp_get_thread_num() * thread_floats(T, hd);
+        float *s = q + (size_t)MB_MAX * hd;
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_heads * n_blocks; it++) {
             const int h = it / n_blocks, i0 = it % n_blocks * MB;
             head_rows(&a, h, i0, MIN(MB, T - i0), q, s, ld_s);
         }
-        g_free(q);
-        g_free(s);
     }
 }

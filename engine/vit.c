@@ -14,7 +14,8 @@ struct VitBuffers {
     float *xn;     /* [T][C] normed input / sub-layer output */
     float *qkv;    /* [T][3C] */
     float *att;    /* [T][C] attention output, heads side by side */
-    float *packed; /* every head's k and v packed for attention() */
+    float *attn;   /* attention()'s scratch, for attn_threads threads */
+    int attn_threads;
     float *hidden; /* [T][F] MLP hidden */
 };
 
@@ -230,7 +231,6 @@ VitBuffers *vit_buffers_new(const Vit *vit)
     b->xn = g_new(float, T * C);
     b->qkv = g_new(float, T * 3 * C);
     b->att = g_new(float, T * C);
-    b->packed = g_new(float, attention_packed_floats(T, vit->n_heads, vit->head_dim));
     b->hidden = g_new(float, T * vit->ffn_dim);
     return b;
 }
@@ -244,7 +244,7 @@ void vit_buffers_free(VitBuffers *b)
     g_free(b->xn);
     g_free(b->qkv);
     g_free(b->att);
-    g_free(b->packed);
+    g_free(b->attn);
     g_free(b->hidden);
     g_free(b);
 }
@@ -304,9 +304,16 @@ static void block_forward(const Vit *vit, const VitBlock *blk, VitBuffers *b, Wo
     const int T = vit_tokens(vit), C = vit->dim;
     layernorm(b->xn, b->x, blk->ln1_w, blk->ln1_b, T, C, vit->eps);
     matmul(b->qkv, b->xn, T, &blk->qkv, blk->qkv_b, ws);
-    /* att = concat over heads of softmax(q kᵀ / sqrt(head_dim)) v */
+    /* att = concat over heads of softmax(q kᵀ / sqrt(head_dim)) v; the scratch is allocated the
+     * first time, and again only if the session's thread count grew. */
+    if (ops_threads() > b->attn_threads) {
+        g_free(b->attn);
+        b->attn_threads = ops_threads();
+        b->attn = g_new0(float, attention_scratch_floats(T, vit->n_heads, vit->head_dim,
+                                                         b->attn_threads));
+    }
     attention(b->att, C, b->qkv, T, vit->n_heads, vit->head_dim, 1.0f / sqrtf((float)vit->head_dim),
-              b->packed);
+              b->attn);
     matmul(b->xn, b->att, T, &blk->attn_out, blk->attn_out_b, ws);
     residual(b->x, b->xn, blk->ls1, T, C);
 

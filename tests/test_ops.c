@@ -526,7 +526,7 @@ static void run_attention_case(int T, int n_heads, int hd)
     const int C = n_heads * hd, ldo = C + 3;
     const float scale = 1.0f / sqrtf((float)hd);
     float *qkv = g_new(float, (size_t)T * 3 * C), *out[2];
-    float *packed = g_new(float, attention_packed_floats(T, n_heads, hd));
+    float *scratch = g_new0(float, attention_scratch_floats(T, n_heads, hd, 2));
     double *ref = g_new(double, (size_t)T * C), *p = g_new(double, T);
     /* wide logits, so the softmax is far from uniform */
     fill_uniform(qkv, (size_t)T * 3 * C, -2, 2);
@@ -536,7 +536,7 @@ static void run_attention_case(int T, int n_heads, int hd)
         for (size_t i = 0; i < (size_t)T * ldo; i++)
             out[t][i] = 1234.5f;
         omp_set_num_threads(t + 1);
-        attention(out[t], ldo, qkv, T, n_heads, hd, scale, packed);
+        attention(out[t], ldo, qkv, T, n_heads, hd, scale, scratch);
     }
     omp_set_num_threads(saved);
     for (int h = 0; h < n_heads; h++)
@@ -579,7 +579,7 @@ static void run_attention_case(int T, int n_heads, int hd)
     g_free(out[1]);
     g_free(p);
     g_free(ref);
-    g_free(packed);
+    g_free(scratch);
     g_free(qkv);
 }
 
